@@ -1,0 +1,5 @@
+import sys
+
+from pakit_stream.cli import main
+
+sys.exit(main())

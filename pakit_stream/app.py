@@ -1,0 +1,160 @@
+"""The Faust wiring: one agent per telemetry topic, timers, and the HTTP API.
+
+Follow one event: the agent of its topic reads the raw message value, hands it to
+:meth:`Pipeline.handle <pakit_stream.pipeline.Pipeline.handle>` (decode, validate, learn),
+sends whatever was refused to ``pakit.dlq`` with a reason, and moves on. A timer checkpoints
+learner state with the offsets it reflects; on partition assignment each partition is sought to
+the checkpoint's offset, so Faust's own committed offsets never decide where replay starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import generate_latest
+
+from pakit_stream.checkpoint import CheckpointStore
+from pakit_stream.events.decode import Rejected
+from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
+from pakit_stream.pipeline import Pipeline
+from pakit_stream.serving.hints import BadRequest, HintService
+from pakit_stream.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+_NEVER = 10**12  # commit thresholds: offsets live in our checkpoints, not in Faust's commits
+
+
+def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
+               checkpoints: CheckpointStore) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        autodiscover=False,
+        datadir=str(settings.data_dir / "faust"),
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=_NEVER,
+        broker_commit_interval=float(_NEVER),
+        producer_max_request_size=settings.max_message_bytes + (64 << 10),
+        consumer_max_fetch_size=max(settings.max_message_bytes, 4 << 20),
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+    )
+    hints = HintService(pipeline)
+    dlq = app.topic(DLQ_TOPIC, value_serializer="raw", key_serializer="raw",
+                    partitions=settings.topic_partitions)
+    metrics = pipeline.metrics
+
+    async def to_dlq(rejects: list[Rejected], message: Any) -> None:
+        source = f"{message.topic}/{message.partition}/{message.offset}".encode()
+        for r in rejects:
+            headers = [("pakit-reason", r.reason.encode()), ("pakit-kind", r.kind.encode()),
+                       ("pakit-source", source),
+                       ("pakit-index", b"" if r.index is None else str(r.index).encode())]
+            await dlq.send(key=message.key, value=r.raw, headers=headers)
+            metrics.dlq.labels(kind=r.kind).inc()
+
+    def make_agent(topic_name: str):
+        async def consume(stream):
+            handle = pipeline.handle
+            async for event in stream.events():
+                message = event.message
+                try:
+                    rejects = handle(topic_name, message.partition, message.offset, event.value)
+                except Exception as exc:  # a bug must not stop the stream: park the message
+                    log.exception("message %s/%s failed", message.partition, message.offset)
+                    rejects = [Rejected(event.value or b"", f"internal error: {exc!r}", "error")]
+                    metrics.events.labels(topic=topic_name, outcome="error").inc()
+                    pipeline.offsets[f"{topic_name}/{message.partition}"] = message.offset + 1
+                if rejects:
+                    await to_dlq(rejects, message)
+
+        consume.__name__ = consume.__qualname__ = "agent_" + topic_name.replace(".", "_")
+        return consume
+
+    for topic_name in TOPICS:
+        topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw",
+                          partitions=settings.topic_partitions)
+        app.agent(topic, name=f"pakit_stream.{topic_name}")(make_agent(topic_name))
+
+    async def flush() -> None:
+        await app.producer.flush()
+
+    async def checkpoint() -> None:
+        await checkpoints.checkpoint(pipeline, flush)
+
+    app.timer(settings.checkpoint_interval_s, name="pakit_stream.checkpoint")(checkpoint)
+
+    @app.timer(1.0, name="pakit_stream.lag")
+    async def measure_lag() -> None:
+        lag: dict[str, int] = dict.fromkeys(TOPICS, 0)
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            if tp.topic in lag:
+                high = consumer.highwater(tp)  # tansu's ListOffsets is wrong; the fetch HW is not
+                if high is not None:
+                    done = pipeline.offsets.get(f"{tp.topic}/{tp.partition}", 0)
+                    lag[tp.topic] += max(high - done, 0)
+        for topic_name, value in lag.items():
+            metrics.lag.labels(topic=topic_name).set(value)
+
+    @app.on_partitions_assigned.connect
+    async def resume_from_checkpoint(sender, assigned, **kwargs) -> None:
+        for tp in assigned:
+            offset = pipeline.offsets.get(f"{tp.topic}/{tp.partition}")
+            if tp.topic in TOPICS and offset is not None:
+                await app.consumer.seek(tp, offset)
+        log.info("assigned %d partitions; resumed from checkpoint offsets", len(assigned))
+
+    @app.on_partitions_revoked.connect
+    async def checkpoint_before_revoke(sender, revoked, **kwargs) -> None:
+        await checkpoint()
+
+    _add_views(app, hints)
+    app.pakit = {"pipeline": pipeline, "hints": hints, "checkpoints": checkpoints}
+    return app
+
+
+def _add_views(app: faust.App, hints: HintService) -> None:
+    registry = hints.pipeline.metrics.registry
+
+    def answer(view: View, call, *args) -> Response:
+        try:
+            return view.json(call(*args))
+        except BadRequest as exc:
+            return view.json({"error": exc.reason}, status=400)
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(hints.health())
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway
+            return self.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
+
+    @app.page("/v1/hints/peer")
+    class PeerHint(View):
+        async def post(self, request: Request) -> Response:
+            return answer(self, hints.peer, await request.read())
+
+    @app.page("/v1/hints/network")
+    class NetworkHint(View):
+        async def post(self, request: Request) -> Response:
+            return answer(self, hints.network, await request.read())
+
+    @app.page("/v1/hints/similar/{block_hash}")
+    class SimilarHint(View):
+        async def get(self, request: Request, block_hash: str) -> Response:
+            return answer(self, hints.similar, block_hash, request.query.get("top_k", "5"))

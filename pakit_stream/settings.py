@@ -1,0 +1,139 @@
+"""All settings of pakit-stream, in one place.
+
+Each setting is a field of :class:`Settings` with a type, a default, a docstring (the ``help``
+metadata) and an environment variable ``PAKIT_STREAM_<NAME>``. :meth:`Settings.from_env` is the
+only code in the package that reads ``os.environ``; the CLI overlays its flags on top.
+
+>>> s = Settings.from_env({"PAKIT_STREAM_WEB_PORT": "7001"})
+>>> s.web_port, s.web_host
+(7001, '127.0.0.1')
+>>> Settings.from_env({"PAKIT_STREAM_WEB_PORT": "http"})
+Traceback (most recent call last):
+...
+pakit_stream.exceptions.ConfigError: PAKIT_STREAM_WEB_PORT: expected int, got 'http'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+
+from pakit_stream.exceptions import ConfigError
+
+__all__ = ["Settings", "ENV_PREFIX"]
+
+ENV_PREFIX = "PAKIT_STREAM_"
+
+
+def _setting(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Settings of the daemon, the node-side collector and the learners."""
+
+    broker: str | None = _setting(
+        None, "Kafka bootstrap server HOST:PORT. Unset: start the embedded tansu broker."
+    )
+    web_host: str = _setting("127.0.0.1", "Address the HTTP server (hints, metrics) binds to.")
+    web_port: int = _setting(6066, "Port of the HTTP server (0: pick a free port).")
+    data_dir: Path = _setting(Path("models"), "Model store: checkpoints and model versions.")
+    app_id: str = _setting("pakit-stream", "Kafka consumer group and Faust application id.")
+    topic_partitions: int = _setting(4, "Partitions of each telemetry topic the daemon creates.")
+    checkpoint_interval_s: float = _setting(
+        5.0, "Seconds between checkpoints of learner state and offsets (the replay bound)."
+    )
+    max_message_bytes: int = _setting(
+        8 * 1024 * 1024, "Largest Kafka message value accepted; larger ones go to the DLQ."
+    )
+    max_event_bytes: int = _setting(
+        64 * 1024, "Largest single event inside a message; larger ones go to the DLQ."
+    )
+    # learners
+    bandit_smoothing: float = _setting(
+        0.995, "Forgetting factor of each peer's Bayesian regression (1.0: never forget)."
+    )
+    bandit_latency_scale_ms: float = _setting(
+        200.0, "Latency at which a successful fetch's reward falls to 1/e."
+    )
+    bandit_max_peers: int = _setting(10_000, "Peers the bandit keeps; least recent are evicted.")
+    bandit_eval_every: int = _setting(
+        8, "Score the bandit prequentially on one peer fetch in this many (pulls are costly)."
+    )
+    gossip_message_cost: float = _setting(
+        0.01, "Reward lost per gossip message per node: reward = coverage - cost * messages / n."
+    )
+    gossip_epsilon: float = _setting(0.1, "Exploration rate of fanout/TTL hints.")
+    lsh_threshold: float = _setting(0.7, "Jaccard similarity the MinHash LSH index targets.")
+    lsh_capacity: int = _setting(100_000, "Blocks the LSH index keeps; oldest are evicted.")
+    successor_capacity: int = _setting(
+        200_000, "Blocks the access agent's successor table keeps; least recent are evicted."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Build settings from ``PAKIT_STREAM_*`` variables, then apply ``overrides``.
+
+        Overrides whose value is ``None`` are ignored, so CLI flags left unset keep the
+        environment's value.
+        """
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            var = ENV_PREFIX + f.name.upper()
+            if var in environ:
+                values[f.name] = _convert(var, environ[var], hints[f.name])
+        for name, value in overrides.items():
+            if name not in hints:
+                raise ConfigError(f"unknown setting {name!r}")
+            if value is not None:
+                values[name] = _convert(name, value, hints[name])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values out of range."""
+        if self.broker is not None and not re.fullmatch(r"[^\s:]+:\d{1,5}", self.broker):
+            raise ConfigError(f"broker must be HOST:PORT, got {self.broker!r}")
+        if not 0 <= self.web_port <= 65535:
+            raise ConfigError(f"web_port out of range: {self.web_port}")
+        positive = ("topic_partitions", "checkpoint_interval_s", "max_message_bytes",
+                    "max_event_bytes", "bandit_latency_scale_ms", "bandit_max_peers",
+                    "bandit_eval_every", "lsh_capacity", "successor_capacity")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.bandit_smoothing <= 1:
+            raise ConfigError("bandit_smoothing must be in (0, 1]")
+        if not 0 < self.lsh_threshold < 1:
+            raise ConfigError("lsh_threshold must be in (0, 1)")
+        if not 0 <= self.gossip_epsilon <= 1:
+            raise ConfigError("gossip_epsilon must be in [0, 1]")
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(environment variable, default, help) for every setting, for ``--help`` and docs."""
+        return [
+            (ENV_PREFIX + f.name.upper(), repr(f.default), f.metadata["help"])
+            for f in dataclasses.fields(cls)
+        ]
+
+
+def _convert(name: str, raw, hint):
+    if not isinstance(raw, str):
+        return raw
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    target = args[0] if args else hint
+    if target is str:
+        return raw
+    try:
+        return target(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected {target.__name__}, got {raw!r}") from None
