@@ -79,6 +79,7 @@ class Pipeline:
                                   latency_scale_ms=s.bandit_latency_scale_ms,
                                   max_peers=s.bandit_max_peers)
         self.network = NetworkOptimizer(message_cost=s.gossip_message_cost,
+                                        coverage_target=s.gossip_coverage_target,
                                         epsilon=s.gossip_epsilon)
         self.dedup = DeduplicationOptimizer(threshold=s.lsh_threshold, capacity=s.lsh_capacity)
         self.successors = SuccessorTable(capacity=s.successor_capacity)

@@ -48,6 +48,9 @@ class Settings:
     checkpoint_interval_s: float = _setting(
         5.0, "Seconds between checkpoints of learner state and offsets (the replay bound)."
     )
+    rebalance_timeout_s: float = _setting(
+        6.0, "Consumer-group session and rebalance timeout: how fast a dead worker is noticed."
+    )
     max_message_bytes: int = _setting(
         8 * 1024 * 1024, "Largest Kafka message value accepted; larger ones go to the DLQ."
     )
@@ -66,7 +69,10 @@ class Settings:
         8, "Score the bandit prequentially on one peer fetch in this many (pulls are costly)."
     )
     gossip_message_cost: float = _setting(
-        0.01, "Reward lost per gossip message per node: reward = coverage - cost * messages / n."
+        0.01, "Reward lost per gossip message per node (see learners/network.py for the reward)."
+    )
+    gossip_coverage_target: float = _setting(
+        0.995, "Coverage a gossip round should reach; each unit short costs one more unit."
     )
     gossip_epsilon: float = _setting(0.1, "Exploration rate of fanout/TTL hints.")
     lsh_threshold: float = _setting(0.7, "Jaccard similarity the MinHash LSH index targets.")
@@ -104,7 +110,7 @@ class Settings:
             raise ConfigError(f"broker must be HOST:PORT, got {self.broker!r}")
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"web_port out of range: {self.web_port}")
-        positive = ("topic_partitions", "checkpoint_interval_s", "max_message_bytes",
+        positive = ("topic_partitions", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
                     "max_event_bytes", "bandit_latency_scale_ms", "bandit_max_peers",
                     "bandit_eval_every", "lsh_capacity", "successor_capacity")
         for name in positive:
@@ -114,6 +120,8 @@ class Settings:
             raise ConfigError("bandit_smoothing must be in (0, 1]")
         if not 0 < self.lsh_threshold < 1:
             raise ConfigError("lsh_threshold must be in (0, 1)")
+        if not 0 < self.gossip_coverage_target <= 1:
+            raise ConfigError("gossip_coverage_target must be in (0, 1]")
         if not 0 <= self.gossip_epsilon <= 1:
             raise ConfigError("gossip_epsilon must be in [0, 1]")
 

@@ -5,6 +5,8 @@ regression of the reward on the fetch's context, picked by upper confidence boun
 ``smoothing`` forgets old evidence geometrically, so a peer that slows down (or recovers) is
 re-estimated within a few hundred fetches. A peer never seen before has the prior's wide
 uncertainty, so it gets tried. Arms are bounded: the least recently updated peer is evicted.
+A context feature missing from a request (say, no ``block_size`` in a hint) is imputed with its
+running mean over training, so the arms' estimates stay comparable.
 
 Reward of a fetch: ``success * exp(-latency_ms / latency_scale_ms)``, in [0, 1].
 
@@ -61,6 +63,7 @@ class PeerSelector(OnlineModel):
         self._policy = bandit.LinUCBDisjoint(
             alpha=1.0, beta=1.0, smoothing=None if smoothing >= 1 else smoothing, seed=seed)
         self._recent: OrderedDict[str, None] = OrderedDict()
+        self._means: dict[str, list[float]] = {}  # feature -> [sum, count], for imputation
         self._rng = random.Random(seed)
 
     # -- features and reward -------------------------------------------------------------------
@@ -77,6 +80,9 @@ class PeerSelector(OnlineModel):
                     x[k] = float(v)
         if block_size is not None:
             x["block_size_log"] = math.log10(block_size + 1) / 8
+        for k, (total, n) in self._means.items():
+            if k not in x:
+                x[k] = total / n
         for k in _STD_KEYS:
             x.setdefault(k, 0.0)
         return x
@@ -85,6 +91,15 @@ class PeerSelector(OnlineModel):
     def learn_one(self, peer_id: str, context: Mapping[str, float], reward: float) -> None:
         """Update the arm of ``peer_id`` with a reward observed in ``context`` (a feature dict)."""
         self._policy.update(peer_id, context, reward)
+        means = self._means
+        for k, v in context.items():
+            acc = means.get(k)
+            if acc is None:
+                if len(means) < 64:  # bounded: contexts carry at most 16 keys each
+                    means[k] = [v, 1]
+            else:
+                acc[0] += v
+                acc[1] += 1
         recent = self._recent
         recent[peer_id] = None
         recent.move_to_end(peer_id)
