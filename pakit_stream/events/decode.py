@@ -3,6 +3,8 @@
 A message value is one event (a JSON object) or an envelope ``{"events": [...]}``. The fast path
 decodes a whole envelope in one msgspec call; only when that fails is the envelope re-read event
 by event, so that one bad event costs its own place in the dead-letter topic and nothing more.
+Every field of an event is bounded, so ``max_event_bytes`` can only catch padding; it is checked
+where events are judged one by one (single-event messages and the slow path).
 
 >>> dec = EventDecoder("pakit.gossip")
 >>> ok = (b'{"event_type": "gossip_round", "node_id": "n1", "ts": 0, "network_size": 50,'

@@ -54,7 +54,8 @@ Hop = Annotated[int, Meta(ge=1, le=1024)]
 Hash32 = Annotated[int, Meta(ge=0, le=0xFFFFFFFF)]
 
 
-class Event(Struct, frozen=True, forbid_unknown_fields=True, gc=False, tag_field="event_type"):
+class Event(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, gc=False,
+            tag_field="event_type"):
     """Fields every event has."""
 
     node_id: Identifier

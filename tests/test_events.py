@@ -1,0 +1,108 @@
+import json
+
+import msgspec
+import pytest
+
+from pakit_stream.events import EventDecoder, TOPICS, block_minhash, estimated_jaccard
+from pakit_stream.events.schema import EVENT_TYPES, TOPIC_OF
+
+from . import events as ev
+
+BUILDERS = {"pakit.blocks": ev.stored, "pakit.access": ev.accessed,
+            "pakit.fingerprints": ev.fingerprint, "pakit.peers": ev.peer_fetch,
+            "pakit.gossip": ev.gossip}
+
+
+@pytest.mark.parametrize("topic", sorted(TOPICS))
+def test_every_family_decodes_single_and_enveloped(topic):
+    dec = EventDecoder(topic)
+    one = BUILDERS[topic](1)
+    single = dec.decode(ev.raw(one))
+    batch = dec.decode(ev.pack([BUILDERS[topic](i) for i in range(5)]))
+    assert single.rejects == [] and len(single.events) == 1
+    assert batch.rejects == [] and len(batch.events) == 5
+    assert msgspec.to_builtins(single.events[0]) == json.loads(json.dumps(one))
+
+
+def test_topics_and_types_are_one_to_one():
+    assert set(TOPIC_OF) == set(EVENT_TYPES) and len(TOPIC_OF) == len(TOPICS) == 5
+
+
+def test_event_of_another_family_is_refused_on_this_topic():
+    result = EventDecoder("pakit.blocks").decode(ev.raw(ev.accessed(1)))
+    assert result.events == [] and "event_type" in result.rejects[0].reason
+
+
+def test_missing_event_type_is_refused():
+    e = ev.accessed(1)
+    del e["event_type"]
+    r = EventDecoder("pakit.access").decode(ev.raw(e)).rejects[0]
+    assert (r.kind, r.reason) == ("invalid", "Object missing required field `event_type`")
+
+
+@pytest.mark.parametrize("field,value,kind", [
+    ("content", "the block", "privacy"),
+    ("payload", "aGVsbG8gd29ybGQ=", "privacy"),
+    ("data", [1, 2, 3], "privacy"),
+    ("node_id", "x" * 65, "privacy"),
+    ("block_hash", "readme.txt", "privacy"),
+    ("block_hash", "AB" * 32, "privacy"),
+    ("latency_ms", "fast", "invalid"),
+    ("cache_hit", None, "invalid"),
+    ("colour", "blue", "invalid"),
+])
+def test_bad_fields_are_refused_with_a_reason(field, value, kind):
+    e = ev.accessed(1)
+    e[field] = value
+    [r] = EventDecoder("pakit.access").decode(ev.raw(e)).rejects
+    assert r.kind == kind and r.reason and r.raw == ev.raw(e)
+
+
+def test_one_bad_event_costs_only_its_own_place():
+    events = [ev.accessed(i) for i in range(10)]
+    events[3] = {**events[3], "content": "secret"}
+    events[7] = {**events[7], "latency_ms": -1}
+    result = EventDecoder("pakit.access").decode(ev.pack(events))
+    assert len(result.events) == 8
+    assert [(r.index, r.kind) for r in result.rejects] == [(3, "privacy"), (7, "invalid")]
+    assert json.loads(result.rejects[0].raw)["content"] == "secret"  # the original bytes
+
+
+@pytest.mark.parametrize("value", [b"", b"\x00\xff\xfe", b"[]", b"42", b'{"events": 5}',
+                                   b'{"events": [1]', b"null"])
+def test_garbage_is_refused_never_raised(value):
+    result = EventDecoder("pakit.gossip").decode(value)
+    assert result.events == [] and len(result.rejects) == 1
+
+
+def test_envelope_level_extra_field_refuses_the_whole_message():
+    value = b'{"events": [], "content": "x"}'
+    [r] = EventDecoder("pakit.gossip").decode(value).rejects
+    assert r.kind == "privacy" and r.index is None and r.raw == value
+
+
+def test_size_limits():
+    dec = EventDecoder("pakit.access", max_message_bytes=10_000, max_event_bytes=400)
+    big = ev.pack([ev.accessed(i) for i in range(100)])
+    assert "exceeds the 10000-byte limit" in dec.decode(big).rejects[0].reason
+    # every field is bounded, so only padding makes an event big: checked where events are
+    # judged one by one (single messages, and envelopes that failed the fast path)
+    spaced = ev.raw(ev.accessed(1)).replace(b", ", b"," + b" " * 100)
+    assert "exceeds the 400-byte limit" in dec.decode(spaced).rejects[0].reason
+    mixed = dec.decode(b'{"events": [' + spaced + b", " + ev.raw({"x": 1}) + b"]}")
+    assert [r.index for r in mixed.rejects] == [0, 1] and "400-byte" in mixed.rejects[0].reason
+
+
+def test_peer_must_be_a_candidate():
+    e = dict(ev.peer_fetch(1), peer_id="someone-else")
+    assert "candidates" in EventDecoder("pakit.peers").decode(ev.raw(e)).rejects[0].reason
+
+
+def test_minhash_is_deterministic_and_tracks_similarity():
+    base = bytes(range(256)) * 200
+    assert block_minhash(base) == block_minhash(bytes(base))
+    edited = base[:20000] + b"x" * 500 + base[20500:]
+    other = bytes(reversed(base)) + b"tail"
+    assert estimated_jaccard(block_minhash(base), block_minhash(edited)) > 0.7
+    assert estimated_jaccard(block_minhash(base), block_minhash(other)) < 0.3
+    assert block_minhash(b"") and len(block_minhash(b"abc")) == 128

@@ -1,0 +1,113 @@
+import pytest
+
+from pakit_stream import persist
+from pakit_stream.checkpoint import CheckpointStore
+from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.pipeline import Pipeline
+from pakit_stream.settings import Settings
+
+from . import events as ev
+
+
+def fed_pipeline() -> Pipeline:
+    p = Pipeline(Settings())
+    p.handle("pakit.blocks", 0, 0, ev.pack([ev.stored(i) for i in range(20)]))
+    p.handle("pakit.access", 0, 0, ev.pack([ev.accessed(i) for i in range(50)]))
+    p.handle("pakit.fingerprints", 1, 0, ev.pack([ev.fingerprint(i) for i in range(30)]))
+    p.handle("pakit.peers", 0, 0, ev.pack([ev.peer_fetch(i) for i in range(60)]))
+    p.handle("pakit.gossip", 0, 0, ev.pack([ev.gossip(i) for i in range(30)]))
+    return p
+
+
+def sample(p, name, **labels):
+    return p.metrics.registry.get_sample_value(name, labels)
+
+
+def test_every_family_reaches_its_learner_and_is_counted():
+    p = fed_pipeline()
+    assert p.applied == {"pakit.blocks": 20, "pakit.access": 50, "pakit.fingerprints": 30,
+                         "pakit.peers": 60, "pakit.gossip": 30}
+    # 1 KiB block: zstd 341 B + 110 us beats lz4 512 B + 25 us at 1 byte per microsecond
+    assert len(p.codec_window) == 20 and p.codec_window[0][1] == "zstd"
+    assert len(p.dedup) == 30 and p.peers.n_peers == 3 and p.network.n_states == 1
+    assert p.successors.n_updates > 0
+    assert sample(p, "pakit_stream_events_total", topic="pakit.peers", outcome="ok") == 60
+    assert sample(p, "pakit_stream_learner_updates_total", learner="peer_bandit") == 60
+    assert sample(p, "pakit_stream_lsh_entries") == 30
+
+
+def test_codec_label_has_no_place_among_the_features():
+    p = fed_pipeline()
+    features, label = p.codec_window[0]
+    assert not {"compression_ratio", "compression_algorithm", "codec"} & set(features)
+
+
+def test_replayed_messages_below_the_offset_are_skipped():
+    p = Pipeline(Settings())
+    msg = ev.pack([ev.accessed(i) for i in range(5)])
+    assert p.handle("pakit.access", 0, 10, msg) == []
+    assert p.handle("pakit.access", 0, 10, msg) is None
+    assert p.handle("pakit.access", 0, 3, msg) is None
+    assert p.handle("pakit.access", 1, 0, msg) == []  # another partition, its own offsets
+    assert p.applied["pakit.access"] == 10 and p.offsets == {"pakit.access/0": 11,
+                                                             "pakit.access/1": 1}
+    assert sample(p, "pakit_stream_duplicate_messages_total", topic="pakit.access") == 2
+
+
+def test_rejects_are_counted_by_kind_and_offsets_still_advance():
+    p = Pipeline(Settings())
+    bad = [dict(ev.accessed(1), content="x"), dict(ev.accessed(2), latency_ms="slow")]
+    rejects = p.handle("pakit.access", 0, 0, ev.pack([ev.accessed(0), *bad]))
+    assert [r.kind for r in rejects] == ["privacy", "invalid"]
+    assert p.handle("pakit.access", 0, 1, b"\x00garbage")[0].kind == "invalid"
+    assert sample(p, "pakit_stream_events_total", topic="pakit.access", outcome="privacy") == 1
+    assert sample(p, "pakit_stream_events_total", topic="pakit.access", outcome="invalid") == 2
+    assert p.offsets["pakit.access/0"] == 2
+
+
+def test_a_learner_failure_becomes_an_error_reject_not_a_crash(monkeypatch):
+    p = Pipeline(Settings())
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("boom")
+
+    monkeypatch.setattr(p.network, "learn_round", broken)
+    rejects = p.handle("pakit.gossip", 0, 0, ev.pack([ev.gossip(i) for i in range(3)]))
+    assert [r.kind for r in rejects] == ["error"] * 3 and "FloatingPointError" in rejects[0].reason
+    assert b'"gossip_round"' in rejects[0].raw
+    assert p.applied["pakit.gossip"] == 0
+    assert sample(p, "pakit_stream_events_total", topic="pakit.gossip", outcome="error") == 3
+
+
+def test_snapshot_restores_learners_offsets_and_counters(tmp_path):
+    p = fed_pipeline()
+    store = CheckpointStore(tmp_path, b"k" * 32)
+    store.write_now(p)
+    q = Pipeline(Settings())
+    assert store.restore(q)
+    assert q.offsets == p.offsets and q.applied == p.applied
+    assert len(q.dedup) == 30 and q.stats() == p.stats()
+    req = {"available_peers": ["peer-fast", "peer-slow"], "context": {"time_of_day": 0.5}}
+    assert q.peers.predict(req) == p.peers.predict(req)
+    # after restore, learning continues from where it stopped
+    q.handle("pakit.access", 0, 1, ev.pack([ev.accessed(99)]))
+    assert q.applied["pakit.access"] == 51
+
+
+def test_corrupt_checkpoint_is_refused_and_state_starts_empty(tmp_path):
+    store = CheckpointStore(tmp_path, b"k" * 32)
+    store.write_now(fed_pipeline())
+    store.path.write_bytes(store.path.read_bytes()[:-10])
+    with pytest.raises(ModelLoadError):
+        store.load()
+    fresh = Pipeline(Settings())
+    assert store.restore(fresh) is False and fresh.offsets == {}
+
+
+def test_checkpoint_size_is_bounded_by_capacities(tmp_path):
+    p = Pipeline(Settings.from_env({}, lsh_capacity=50, successor_capacity=20))
+    for batch in range(5):
+        p.handle("pakit.fingerprints", 0, batch,
+                 ev.pack([ev.fingerprint(batch * 100 + i) for i in range(100)]))
+    blob = persist.dumps(p.snapshot(), b"k")
+    assert len(p.dedup) == 50 and len(blob) < 80_000
