@@ -9,6 +9,7 @@ the checkpoint's offset, so Faust's own committed offsets never decide where rep
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -29,6 +30,28 @@ log = logging.getLogger(__name__)
 _NEVER = 10**12  # commit thresholds: offsets live in our checkpoints, not in Faust's commits
 
 
+def dlq_record(reject: Rejected, source: bytes, max_bytes: int
+               ) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The DLQ value and headers of a refused message or event.
+
+    The value is the refused bytes themselves; one longer than ``max_bytes`` (it was refused for
+    its size) is cut to ``max_bytes``, its full size and SHA-256 going into headers.
+
+    >>> value, headers = dlq_record(Rejected(b"x" * 10, "too big", "invalid"), b"t/0/7", 4)
+    >>> value, dict(headers)["pakit-original-bytes"]
+    (b'xxxx', b'10')
+    """
+    headers = [("pakit-reason", reject.reason.encode()), ("pakit-kind", reject.kind.encode()),
+               ("pakit-source", source),
+               ("pakit-index", b"" if reject.index is None else str(reject.index).encode())]
+    value = reject.raw
+    if len(value) > max_bytes:
+        headers += [("pakit-original-bytes", str(len(value)).encode()),
+                    ("pakit-original-sha256", hashlib.sha256(value).hexdigest().encode())]
+        value = value[:max_bytes]
+    return value, headers
+
+
 def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                checkpoints: CheckpointStore) -> faust.App:
     app = faust.App(
@@ -47,7 +70,7 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
         broker_heartbeat_interval=min(3.0, settings.rebalance_timeout_s / 3),
         broker_commit_every=_NEVER,
         broker_commit_interval=float(_NEVER),
-        producer_max_request_size=settings.max_message_bytes + (64 << 10),
+        producer_max_request_size=settings.dlq_max_bytes + (64 << 10),
         consumer_max_fetch_size=max(settings.max_message_bytes, 4 << 20),
         web_enabled=True,
         web_bind=settings.web_host,
@@ -62,10 +85,13 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
     async def to_dlq(rejects: list[Rejected], message: Any) -> None:
         source = f"{message.topic}/{message.partition}/{message.offset}".encode()
         for r in rejects:
-            headers = [("pakit-reason", r.reason.encode()), ("pakit-kind", r.kind.encode()),
-                       ("pakit-source", source),
-                       ("pakit-index", b"" if r.index is None else str(r.index).encode())]
-            await dlq.send(key=message.key, value=r.raw, headers=headers)
+            value, headers = dlq_record(r, source, settings.dlq_max_bytes)
+            try:
+                await dlq.send(key=message.key, value=value, headers=headers)
+            except Exception:  # the stream must go on; the failure is counted and alertable
+                log.exception("could not dead-letter a %s event from %s", r.kind, source.decode())
+                metrics.dlq_failures.inc()
+                continue
             metrics.dlq.labels(kind=r.kind).inc()
 
     def make_agent(topic_name: str):

@@ -37,17 +37,26 @@ def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:
     """Block until ``bootstrap`` answers Kafka metadata requests."""
     from kafka import KafkaAdminClient
 
+    host, port = bootstrap.rsplit(":", 1)
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    # a plain TCP probe first: failed kafka-python clients leave sockets to the GC
     while time.monotonic() < deadline:
         try:
-            KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
-                             client_id="pakit-stream-probe").close()
-            return
-        except Exception as exc:  # not up yet
+            socket.create_connection((host, int(port)), timeout=1).close()
+            break
+        except OSError as exc:
             last = exc
-            time.sleep(0.2)
-    raise BrokerError(f"no Kafka broker answered at {bootstrap} within {timeout:.0f}s: {last}")
+            time.sleep(0.1)
+    else:
+        raise BrokerError(f"nothing listens at {bootstrap} after {timeout:.0f}s: {last}")
+    remaining_ms = max(int((deadline - time.monotonic()) * 1000), 1000)
+    try:
+        KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
+                         bootstrap_timeout_ms=remaining_ms,
+                         client_id="pakit-stream-probe").close()
+    except Exception as exc:
+        raise BrokerError(f"no Kafka broker answered at {bootstrap}: {exc}") from exc
 
 
 def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) -> None:

@@ -35,6 +35,8 @@ class Metrics:
                                   namespace=ns, registry=r)
         self.dlq = Counter("dlq_messages", "Messages written to the dead-letter topic, by kind.",
                            ["kind"], namespace=ns, registry=r)
+        self.dlq_failures = Counter("dlq_failures", "Refused messages that could not be "
+                                    "written to the dead-letter topic.", namespace=ns, registry=r)
         self.processing = Histogram("message_processing_seconds", "Time to decode and learn "
                                     "from one Kafka message (an envelope or one event).",
                                     ["topic"], namespace=ns, registry=r, buckets=_FAST)

@@ -54,6 +54,10 @@ class Settings:
     max_message_bytes: int = _setting(
         8 * 1024 * 1024, "Largest Kafka message value accepted; larger ones go to the DLQ."
     )
+    dlq_max_bytes: int = _setting(
+        1_000_000, "Largest DLQ record value; a longer refused message is kept truncated, with "
+        "its size and SHA-256 in headers (Kafka's default message limit is 1 MB)."
+    )
     max_event_bytes: int = _setting(
         64 * 1024, "Largest single event inside a message; larger ones go to the DLQ."
     )
@@ -111,7 +115,7 @@ class Settings:
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"web_port out of range: {self.web_port}")
         positive = ("topic_partitions", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
-                    "max_event_bytes", "bandit_latency_scale_ms", "bandit_max_peers",
+                    "max_event_bytes", "dlq_max_bytes", "bandit_latency_scale_ms", "bandit_max_peers",
                     "bandit_eval_every", "lsh_capacity", "successor_capacity")
         for name in positive:
             if getattr(self, name) <= 0:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -52,6 +53,19 @@ CREATE INDEX IF NOT EXISTS spool_unsent ON spool (sent, id);
 CREATE INDEX IF NOT EXISTS spool_type ON spool (event_type, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+def _listening(bootstrap: str) -> bool:
+    """Whether any bootstrap server accepts a TCP connection. Checked before building a
+    producer: a kafka-python client built against a dead address blocks, then leaks sockets."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 class TelemetryCollector:
@@ -151,6 +165,9 @@ class TelemetryCollector:
                 (max_events,)).fetchall()
             if not rows:
                 return 0
+            if self._producer is None and not _listening(self.broker):
+                log.warning("broker %s unreachable, %d events stay spooled", self.broker, len(rows))
+                return 0
             try:
                 producer = self._producer or make_producer(self.broker, **self._producer_config)
                 self._producer = producer
@@ -172,6 +189,11 @@ class TelemetryCollector:
                 log.warning("publishing to %s failed, events stay spooled: %s", self.broker, exc)
             acked = [rid for future, ids in batches if future.is_done and future.succeeded()
                      for rid in ids]
+            if len(acked) < len(rows):
+                # A producer that failed may sit in a long reconnect backoff holding stale
+                # metadata (a restarted broker may have recreated its topics): start afresh.
+                # Unacknowledged rows stay spooled; delivery is at-least-once.
+                self._close_producer(timeout=1)
             if acked:
                 self._db.execute("BEGIN")
                 self._db.executemany("UPDATE spool SET sent=1 WHERE id=?", [(i,) for i in acked])
@@ -198,14 +220,30 @@ class TelemetryCollector:
                     (str(event_type).lower(), limit)).fetchall()
         return [_decode(p) for (p,) in reversed(rows)]
 
+    def _close_producer(self, timeout: float) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.close(timeout=timeout)
+            return
+        except Exception:
+            log.debug("producer close failed; forcing it", exc_info=True)
+        # kafka-python's close() flushes first and raises while records are pending (the
+        # broker is gone), skipping the rest of its shutdown and leaving its network thread
+        # running. Force the sender down (it aborts those batches; their rows stay spooled).
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(max(timeout, 1.0))
+        try:
+            producer.close(timeout=0)
+        except Exception:
+            log.warning("kafka producer did not close cleanly", exc_info=True)
+
     def close(self) -> None:
         with self._lock:
-            if self._producer is not None:
-                try:
-                    self._producer.close(timeout=5)
-                except Exception:  # closing a producer whose broker is gone
-                    log.debug("producer close failed", exc_info=True)
-                self._producer = None
+            self._close_producer(timeout=5)
             self._db.close()
 
     def __enter__(self) -> TelemetryCollector:

@@ -18,8 +18,10 @@ def make_producer(bootstrap: str, **overrides):
 
     config = dict(bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5,
                   max_request_size=16 << 20, max_block_ms=5000, request_timeout_ms=10000,
-                  client_id="pakit-stream-node")
+                  reconnect_backoff_max_ms=2000, client_id="pakit-stream-node")
     config.update(overrides)
+    # kafka-python waits 30 s for a first bootstrap by default; a node must not block that long
+    config.setdefault("bootstrap_timeout_ms", config["max_block_ms"])
     return KafkaProducer(**config)
 
 

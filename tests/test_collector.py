@@ -1,0 +1,95 @@
+import gc
+import json
+
+import pytest
+
+from pakit_stream.broker import EmbeddedBroker, ensure_topics, free_port
+from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
+from pakit_stream.exceptions import InvalidEventError, PrivacyViolation
+from pakit_stream.telemetry import TelemetryCollector
+
+from . import events as ev
+from .conftest import read_topic
+
+
+def record_accesses(collector, start, n):
+    for i in range(start, start + n):
+        fields = ev.accessed(i)
+        fields["block_hash"] = ev.block_hash(i)
+        del fields["event_type"]
+        collector.record(event_type="BLOCK_ACCESSED", **fields)
+
+
+def hashes_in(records):
+    return {e["block_hash"] for r in records for e in json.loads(r.value)["events"]}
+
+
+def test_spool_validates_and_reads_back(tmp_path):
+    with TelemetryCollector(tmp_path / "t.db", node_id="node-z") as c:
+        c.record(event_type="BLOCK_STORED", block_hash=ev.block_hash(1), block_size=10000,
+                 block_depth=5, compression_algorithm="zstd", compression_ratio=0.5)
+        record_accesses(c, 0, 3)
+        with pytest.raises(PrivacyViolation):
+            c.record(event_type="block_stored", block_hash="abc123...", block_size=1,
+                     block_depth=0, compression_algorithm="zstd", compression_ratio=1.0)
+        with pytest.raises(InvalidEventError, match="unknown event_type"):
+            c.record(event_type="BLOCK_DELETED", block_hash=ev.block_hash(1))
+        with pytest.raises(PrivacyViolation, match="raw bytes"):
+            c.record(event_type="block_accessed", block_hash=ev.block_hash(1), cache_hit=True,
+                     latency_ms=1, sample=b"\x00\x01")
+        stored = c.get_events(event_type="BLOCK_STORED", limit=10)
+        assert len(stored) == 1 and stored[0]["node_id"] == "node-z"
+        assert stored[0]["event_type"] == "block_stored" and "ts" in stored[0]
+        assert [e["block_hash"] for e in c.get_events("block_accessed", limit=2)] == [
+            ev.block_hash(1), ev.block_hash(2)]
+        assert c.pending() == 4
+
+
+def test_node_id_is_random_but_stable(tmp_path):
+    with TelemetryCollector(tmp_path / "t.db") as c:
+        first = c.node_id
+    with TelemetryCollector(tmp_path / "t.db") as c:
+        assert c.node_id == first and first.startswith("node-")
+
+
+def test_publishes_envelopes_and_marks_them_sent(broker, tmp_path):
+    with TelemetryCollector(tmp_path / "t.db", broker=broker.bootstrap, batch_size=10,
+                            flush_interval_s=3600) as c:
+        record_accesses(c, 0, 25)  # two full envelopes go out on their own
+        assert c.pending() == 5
+        assert c.flush() == 5 and c.pending() == 0
+    records = read_topic(broker.bootstrap, "pakit.access", 3)
+    assert len(records) == 3 and all(r.key == c.node_id.encode() for r in records)
+    assert hashes_in(records) == {ev.block_hash(i) for i in range(25)}
+
+
+# kafka-python leaves sockets of a producer abandoned mid-connect to the garbage collector
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_broker_outage_loses_nothing(tmp_path):
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    c = TelemetryCollector(tmp_path / "t.db", broker=bootstrap, batch_size=1000,
+                           flush_interval_s=3600,
+                           producer_config={"max_block_ms": 1500, "request_timeout_ms": 1500})
+    record_accesses(c, 0, 20)
+    assert c.flush(timeout=2) == 0 and c.pending() == 20  # no broker yet: all spooled
+
+    with EmbeddedBroker(port=port) as b:
+        ensure_topics(b.bootstrap, [*TOPICS, DLQ_TOPIC], 2)
+        assert c.flush() == 20 and c.pending() == 0
+        record_accesses(c, 20, 15)
+    # broker down again (and, being memory-only, it forgets its topics)
+    assert c.flush(timeout=2) == 0 and c.pending() == 15
+
+    with EmbeddedBroker(port=port) as b:
+        ensure_topics(b.bootstrap, [*TOPICS, DLQ_TOPIC], 2)
+        for _ in range(3):
+            if c.flush() and not c.pending():
+                break
+        assert c.pending() == 0
+        records = read_topic(b.bootstrap, "pakit.access", 1)
+        assert {ev.block_hash(i) for i in range(20, 35)} <= hashes_in(records)
+    c.close()
+    gc.collect()  # reap the abandoned producers' sockets here, under this test's filters
+
