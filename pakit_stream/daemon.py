@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 
 from pakit_stream import persist
@@ -31,6 +32,13 @@ def build(settings: Settings, bootstrap: str):
 
 def run_daemon(settings: Settings, loglevel: str = "info") -> None:
     """Run until SIGINT/SIGTERM; a final checkpoint is written on the way out."""
+    import mode.loop
+
+    loop = settings.event_loop
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        log.warning("uvloop is not installed; using asyncio's own loop")
+        loop = "aio"
+    mode.loop.use(loop)  # before anything creates the loop
     import faust
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,7 @@ class Pipeline:
         self.quality = {name: _Mean() for name in (
             "bandit_replay", "bandit_logged", "gossip_reward", "gossip_agreement",
             "successor_top1", "cache_hit")}
-        self._peer_seen = 0
+        self._peer_seen = self._gossip_seen = 0
         self._handlers = {
             "pakit.blocks": self._on_blocks,
             "pakit.access": self._on_access,
@@ -185,7 +185,7 @@ class Pipeline:
         return errors
 
     def _on_peers(self, events) -> list[Rejected]:
-        errors, peers, every = [], self.peers, self.settings.bandit_eval_every
+        errors, peers, every = [], self.peers, self.settings.eval_every
         replay, logged = self.quality["bandit_replay"], self.quality["bandit_logged"]
         for i, e in enumerate(events):
             try:
@@ -207,14 +207,16 @@ class Pipeline:
         return errors
 
     def _on_gossip(self, events) -> list[Rejected]:
-        errors, net = [], self.network
+        errors, net, every = [], self.network, self.settings.eval_every
         reward, agree = self.quality["gossip_reward"], self.quality["gossip_agreement"]
         for i, e in enumerate(events):
             try:
-                state = net.state(e.network_size, e.avg_latency_ms, e.message_loss_rate)
-                greedy = net.predict({"state": state})
-                if greedy["source"] == "learned":
-                    agree.add(net.snap((e.fanout, e.ttl)) == (greedy["fanout"], greedy["ttl"]))
+                self._gossip_seen += 1
+                if self._gossip_seen % every == 0:  # test, then train
+                    state = net.state(e.network_size, e.avg_latency_ms, e.message_loss_rate)
+                    greedy = net.predict({"state": state})
+                    if greedy["source"] == "learned":
+                        agree.add(net.snap((e.fanout, e.ttl)) == (greedy["fanout"], greedy["ttl"]))
                 reward.add(net.learn_round(e.network_size, e.avg_latency_ms, e.message_loss_rate,
                                            e.fanout, e.ttl, e.coverage, e.messages_sent))
             except Exception as exc:
@@ -232,7 +234,7 @@ class Pipeline:
             "offsets": dict(self.offsets),
             "applied": dict(self.applied),
             "quality": {k: (v.total, v.n) for k, v in self.quality.items()},
-            "peer_seen": self._peer_seen,
+            "seen": (self._peer_seen, self._gossip_seen),
             "learners": {"peers": self.peers, "network": self.network, "dedup": self.dedup,
                          "successors": self.successors},
             "codec_window": list(self.codec_window),
@@ -245,7 +247,7 @@ class Pipeline:
         self.applied.update(snap["applied"])
         for k, (total, n) in snap["quality"].items():
             self.quality[k].total, self.quality[k].n = total, n
-        self._peer_seen = snap["peer_seen"]
+        self._peer_seen, self._gossip_seen = snap["seen"]
         learners = snap["learners"]
         self.peers, self.network = learners["peers"], learners["network"]
         self.dedup, self.successors = learners["dedup"], learners["successors"]

@@ -44,6 +44,9 @@ class Settings:
     web_port: int = _setting(6066, "Port of the HTTP server (0: pick a free port).")
     data_dir: Path = _setting(Path("models"), "Model store: checkpoints and model versions.")
     app_id: str = _setting("pakit-stream", "Kafka consumer group and Faust application id.")
+    event_loop: str = _setting(
+        "uvloop", "asyncio event loop of the daemon: uvloop (faster where installed) or aio."
+    )
     topic_partitions: int = _setting(4, "Partitions of each telemetry topic the daemon creates.")
     checkpoint_interval_s: float = _setting(
         5.0, "Seconds between checkpoints of learner state and offsets (the replay bound)."
@@ -69,8 +72,9 @@ class Settings:
         200.0, "Latency at which a successful fetch's reward falls to 1/e."
     )
     bandit_max_peers: int = _setting(10_000, "Peers the bandit keeps; least recent are evicted.")
-    bandit_eval_every: int = _setting(
-        8, "Score the bandit prequentially on one peer fetch in this many (pulls are costly)."
+    eval_every: int = _setting(
+        32, "Score the bandit and the gossip learner prequentially (predict, then learn) on "
+        "one event in this many: a prediction costs more than an update."
     )
     gossip_message_cost: float = _setting(
         0.01, "Reward lost per gossip message per node (see learners/network.py for the reward)."
@@ -112,11 +116,13 @@ class Settings:
         """Raise :class:`ConfigError` for values out of range."""
         if self.broker is not None and not re.fullmatch(r"[^\s:]+:\d{1,5}", self.broker):
             raise ConfigError(f"broker must be HOST:PORT, got {self.broker!r}")
+        if self.event_loop not in ("uvloop", "aio"):
+            raise ConfigError(f"event_loop must be uvloop or aio, got {self.event_loop!r}")
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"web_port out of range: {self.web_port}")
         positive = ("topic_partitions", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
                     "max_event_bytes", "dlq_max_bytes", "bandit_latency_scale_ms", "bandit_max_peers",
-                    "bandit_eval_every", "lsh_capacity", "successor_capacity")
+                    "eval_every", "lsh_capacity", "successor_capacity")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -3,6 +3,8 @@ fed by kafka-python producers, asked over HTTP."""
 
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -79,6 +81,9 @@ def test_events_reach_learners_hints_answer_and_metrics_count_exactly(producer, 
     assert metric(daemon, "pakit_stream_hint_requests_total", hint="peer", source="learned") == 1
     assert metric(daemon, "pakit_stream_hint_requests_total", hint="similar",
                   source="fallback") == 1
+    cli = subprocess.run([sys.executable, "-m", "pakit_stream", "hint", "peer", "--url", daemon.url,
+                          "--peers", "peer-mid", "peer-fast"], capture_output=True, text=True)
+    assert cli.returncode == 0 and json.loads(cli.stdout)["peer_id"] == "peer-fast"
     deadline = time.monotonic() + 10
     while metric(daemon, "pakit_stream_consumer_lag_messages", topic="pakit.peers") != 0:
         assert time.monotonic() < deadline, "lag never reached 0"
@@ -200,3 +205,17 @@ def test_kill_9_mid_stream_then_restart_loses_and_repeats_nothing(tmp_path, prod
     assert health["learners"]["successors"]["updates"] > 0
     # it resumed from the checkpoint: it did not re-read every message from the start
     assert metric(second, "pakit_stream_messages_total", topic="pakit.fingerprints") < n_batches
+
+
+def test_replay_publishes_a_jsonl_file_that_the_daemon_learns_from(broker, tmp_path,
+                                                                   daemon_factory):
+    lines = [ev.accessed(i) for i in range(25)] + [ev.gossip(i) for i in range(7)]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    out = subprocess.run([sys.executable, "-m", "pakit_stream", "replay", str(path), "--broker",
+                          broker.bootstrap, "--batch-size", "10"], capture_output=True, text=True)
+    assert out.returncode == 0 and json.loads(out.stdout) == {"published": 32}
+    daemon = daemon_factory()
+    health = daemon.wait_applied({"pakit.access": 25, "pakit.gossip": 7})
+    assert health["applied"]["pakit.access"] == 25
+    assert metric(daemon, "pakit_stream_messages_total", topic="pakit.access") == 3
