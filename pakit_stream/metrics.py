@@ -3,7 +3,9 @@
 Names are ``pakit_stream_*`` in base units; labels are bounded sets (topic, outcome, learner,
 hint), never block hashes or node ids.
 
->>> from prometheus_client import CollectorRegistry
+>>> import time
+
+from prometheus_client import CollectorRegistry
 >>> m = Metrics(CollectorRegistry())
 >>> m.events.labels(topic="pakit.access", outcome="ok").inc(3)
 >>> m.registry.get_sample_value("pakit_stream_events_total", {"topic": "pakit.access", "outcome": "ok"})
@@ -11,6 +13,8 @@ hint), never block hashes or node ids.
 """
 
 from __future__ import annotations
+
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -73,6 +77,12 @@ class Metrics:
         self.checkpoint_timestamp = Gauge("checkpoint_timestamp_seconds", "Unix time of the last "
                                           "successful checkpoint (age: time() - this).",
                                           namespace=ns, registry=r)
+        self.checkpoint_age = Gauge("checkpoint_age_seconds", "Seconds since the last successful "
+                                    "checkpoint (since start, before the first).", namespace=ns,
+                                    registry=r)
+        started = time.time()
+        self.checkpoint_age.set_function(
+            lambda: time.time() - (self.checkpoint_timestamp._value.get() or started))
         self.lag = Gauge("consumer_lag_messages", "Messages behind the fetch high-watermark.",
                          ["topic"], namespace=ns, registry=r)
         self.hints = Counter("hint_requests", "Hint requests, by hint and source "

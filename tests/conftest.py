@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -10,6 +11,14 @@ from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
 from pakit_stream.telemetry.publish import make_producer
 
 PARTITIONS = 2
+
+
+@pytest.fixture(autouse=True)
+def _reap_garbage():
+    """Collect after each test, so a leaked socket is reported against the test that leaked it
+    (warnings are errors) instead of at interpreter exit."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

@@ -76,13 +76,16 @@ class HintService:
         self._requests.labels(hint=hint, source="error").inc()
         raise exc
 
+    def _parse(self, hint: str, body: bytes, kind):
+        try:
+            return _decode(body, kind)
+        except BadRequest as exc:
+            self._fail(hint, exc)
+
     def peer(self, body: bytes) -> dict:
         """``{node_id, available_peers, context}`` → ``{peer_id, source, score}``."""
         started = time.perf_counter()
-        try:
-            req = _decode(body, PeerHintRequest)
-        except BadRequest as exc:
-            self._fail("peer", exc)
+        req = self._parse("peer", body, PeerHintRequest)
         choice = self.pipeline.peers.select(req.available_peers, req.context, req.block_size)
         self._done("peer", choice.source, started)
         return {"peer_id": choice.peer_id, "source": choice.source,
@@ -91,10 +94,7 @@ class HintService:
     def network(self, body: bytes) -> dict:
         """``{network_size, avg_latency_ms, message_loss_rate}`` → ``{fanout, ttl, ...}``."""
         started = time.perf_counter()
-        try:
-            req = _decode(body, NetworkHintRequest)
-        except BadRequest as exc:
-            self._fail("network", exc)
+        req = self._parse("network", body, NetworkHintRequest)
         answer = self.pipeline.network.predict(
             {"network_size": req.network_size, "avg_latency_ms": req.avg_latency_ms,
              "message_loss_rate": req.message_loss_rate}, explore=True)
