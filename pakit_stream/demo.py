@@ -35,12 +35,14 @@ class DaemonProcess:
     """``pakit-stream run`` in a subprocess, with HTTP helpers (also used by the tests)."""
 
     def __init__(self, bootstrap: str, data_dir: Path, web_port: int | None = None,
-                 env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, log_path: Path | None = None,
+                 loglevel: str = "warn") -> None:
         self.bootstrap, self.data_dir = bootstrap, Path(data_dir)
         self.web_port = web_port or free_port()
         self.url = f"http://127.0.0.1:{self.web_port}"
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path or self.data_dir / "daemon.log"
+        self.loglevel = loglevel
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> DaemonProcess:
@@ -49,7 +51,7 @@ class DaemonProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pakit_stream", "run", "--broker", self.bootstrap,
              "--web-port", str(self.web_port), "--data-dir", str(self.data_dir),
-             "--loglevel", self.env.get("PAKIT_STREAM_TEST_LOGLEVEL", "warn")],
+             "--loglevel", self.loglevel],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         log.close()
         deadline = time.monotonic() + timeout

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import sysconfig
 import time
 from collections import OrderedDict
@@ -233,7 +232,3 @@ class NodeSimulator:
                    "message_loss_rate": loss, "fanout": fanout, "ttl": ttl,
                    "coverage": coverage, "messages_sent": messages}
 
-
-if os.environ.get("PAKIT_STREAM_SIMULATE_SELFTEST"):  # pragma: no cover - manual check
-    sim = NodeSimulator(read_blocks(default_source(), max_blocks=50))
-    print(next(sim.stored_events())["codec_results"])

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 MINHASH_PERM = 128
-MAX_ENVELOPE_EVENTS = 50_000
+MAX_ENVELOPE_EVENTS = 10_000  # hints wait at most one message: this bounds that wait
 DLQ_TOPIC = "pakit.dlq"
 
 BlockHash = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pakit_stream.events.schema import TOPIC_OF
 
-__all__ = ["make_producer", "envelope", "publish_jsonl"]
+__all__ = ["make_producer", "envelope", "publish_jsonl", "group_by_topic"]
 
 
 def make_producer(bootstrap: str, **overrides):
