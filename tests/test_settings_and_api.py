@@ -56,3 +56,10 @@ def test_hint_cli_reports_an_absent_daemon():
     r = subprocess.run([sys.executable, "-m", "pakit_stream", "hint", "network", "--url",
                         "http://127.0.0.1:9"], capture_output=True, text=True)
     assert r.returncode == 1 and "no daemon" in r.stderr
+
+
+def test_the_daemon_never_imports_torch():
+    code = ("import sys, pakit_stream.app, pakit_stream.daemon, pakit_stream.models, "
+            "pakit_stream.cli; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -47,24 +47,28 @@ class SuccessorTable(OnlineModel):
             last.popitem(last=False)
         if prev is None or prev == block:
             return None
+        succ = self._next.get(prev)
+        hit = max(succ, key=succ.__getitem__) == block if succ else None
+        self.add_transition(prev, block)
+        return hit
+
+    def add_transition(self, prev: str, block: str, count: int = 1) -> None:
+        """Count ``prev -> block`` ``count`` times (bounded as described above)."""
         table = self._next
         succ = table.get(prev)
-        hit = None
         if succ is None:
             succ = table[prev] = {}
             if len(table) > self.capacity:
                 table.popitem(last=False)
         else:
             table.move_to_end(prev)
-            hit = max(succ, key=succ.__getitem__) == block
         if block in succ:
-            succ[block] += 1
+            succ[block] += count
         else:
             if len(succ) >= self.max_successors:
                 del succ[min(succ, key=succ.__getitem__)]
-            succ[block] = 1
+            succ[block] = count
         self.n_updates += 1
-        return hit
 
     def successors(self, block: str, k: int = 5) -> list[str]:
         succ = self._next.get(block)

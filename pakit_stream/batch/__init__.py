@@ -1,0 +1,1 @@
+"""Batch models (torch): trained off the event loop, saved as safetensors."""
