@@ -110,6 +110,31 @@ def cmd_hint(args) -> int:
         return 1
 
 
+def cmd_models(args) -> int:
+    from pakit_stream.registry import ModelRegistry
+
+    store = ModelRegistry(_settings(args).data_dir)
+    if args.action == "rollback":
+        if not args.name:
+            print("error: models rollback needs a model name", file=sys.stderr)
+            return 2
+        try:
+            version = store.rollback(args.name)
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps({"name": args.name, "serving": version}))
+        return 0
+    for name in ([args.name] if args.name else store.names()):
+        serving = store.serving(name)
+        for meta in store.versions(name):
+            mark = "*" if meta["version"] == serving else " "
+            acc = meta["metrics"].get("accuracy")
+            acc = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
+            print(f"{mark} {name:24} {meta['version']:22} {meta['status']:12} accuracy={acc}")
+    return 0
+
+
 def cmd_settings(args) -> int:
     for var, default, help_ in Settings.describe():
         print(f"{var:42} {default:14} {help_}")
@@ -158,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     hint.add_argument("--block-hash")
     hint.add_argument("--top-k", type=int, default=5)
     hint.set_defaults(func=cmd_hint)
+
+    models = sub.add_parser("models", help="list model versions, or roll one back")
+    models.add_argument("action", choices=["list", "rollback"])
+    models.add_argument("name", nargs="?")
+    models.add_argument("--data-dir", type=Path, help="model store [PAKIT_STREAM_DATA_DIR]")
+    models.set_defaults(func=cmd_models)
 
     sub.add_parser("settings", help="list settings and their environment variables"
                    ).set_defaults(func=cmd_settings)

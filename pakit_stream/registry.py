@@ -1,0 +1,182 @@
+"""Versioned batch models: ``<store>/<name>/<version>/`` with metadata, a gate, and rollback.
+
+Each version holds ``model.safetensors`` and ``metadata.json`` (metrics, training window, code
+version, SHA-256 of the model file, status). ``<store>/<name>/SERVING.json`` names the serving
+version and the ones served before it; it is replaced atomically, so a reader sees the old
+pointer or the new one. A candidate is promoted only if it beats the serving version on a
+held-out window of recent data; otherwise it is marked ``rejected`` and kept for inspection.
+A model file whose checksum no longer matches its metadata is refused, and the serving version
+stays as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pakit_stream import __version__
+from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.persist import write_atomic
+
+__all__ = ["ModelRegistry", "GateResult"]
+
+log = logging.getLogger(__name__)
+_MODEL_FILE = "model.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class GateResult(dict):
+    """``{accepted, candidate, serving, candidate_score, serving_score, reason}``."""
+
+
+class ModelRegistry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # reading -------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and any(p.glob(f"*/{_MODEL_FILE}"))) if self.root.exists() else []
+
+    def metadata(self, name: str, version: str) -> dict[str, Any]:
+        path = self.root / name / version / "metadata.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        """Metadata of every version of ``name``, oldest first."""
+        out = []
+        for d in sorted((self.root / name).glob("*/metadata.json")):
+            out.append(json.loads(d.read_text()))
+        return sorted(out, key=lambda m: (m["created"], m["version"]))
+
+    def _pointer(self, name: str) -> dict[str, Any]:
+        path = self.root / name / "SERVING.json"
+        return json.loads(path.read_text()) if path.exists() else {"version": None, "history": []}
+
+    def serving(self, name: str) -> str | None:
+        return self._pointer(name)["version"]
+
+    # writing -------------------------------------------------------------------------------
+    def register(self, name: str, model, metrics: dict[str, Any],
+                 window: dict[str, Any] | None = None) -> str:
+        """Store ``model`` as a new candidate version of ``name``; returns the version."""
+        base = time.strftime("v%Y%m%dT%H%M%S", time.gmtime())
+        version, n = base, 1
+        while (self.root / name / version).exists():
+            n += 1
+            version = f"{base}-{n}"
+        folder = self.root / name / version
+        folder.mkdir(parents=True)
+        model.version = version
+        model.save(folder / _MODEL_FILE)
+        meta = {"name": name, "version": version, "kind": type(model).__name__,
+                "created": time.time(), "metrics": _plain(metrics), "window": window or {},
+                "code_version": __version__, "sha256": _sha256(folder / _MODEL_FILE),
+                "status": "candidate"}
+        write_atomic(folder / "metadata.json", json.dumps(meta, indent=2).encode())
+        return version
+
+    def _set_status(self, name: str, version: str, status: str, **extra) -> None:
+        meta = self.metadata(name, version)
+        meta.update(status=status, **extra)
+        write_atomic(self.root / name / version / "metadata.json", json.dumps(meta, indent=2).encode())
+
+    def _verified_file(self, name: str, version: str) -> Path:
+        meta = self.metadata(name, version)
+        path = self.root / name / version / _MODEL_FILE
+        if not path.exists() or _sha256(path) != meta["sha256"]:
+            raise ModelLoadError(f"{path}: checksum does not match its metadata (corrupt or "
+                                 "tampered); refused")
+        return path
+
+    def promote(self, name: str, version: str) -> None:
+        """Make ``version`` the serving one (after checking its file is intact)."""
+        self._verified_file(name, version)
+        pointer = self._pointer(name)
+        if pointer["version"] == version:
+            return
+        if pointer["version"]:
+            pointer["history"].append(pointer["version"])
+            self._set_status(name, pointer["version"], "retired")
+        pointer["version"] = version
+        write_atomic(self.root / name / "SERVING.json", json.dumps(pointer).encode())
+        self._set_status(name, version, "serving", promoted=time.time())
+
+    def reject(self, name: str, version: str, reason: str) -> None:
+        self._set_status(name, version, "rejected", reason=reason)
+
+    def rollback(self, name: str) -> str:
+        """Serve the previously served version again; returns it."""
+        pointer = self._pointer(name)
+        if not pointer["history"]:
+            raise ValueError(f"{name}: no earlier version to roll back to")
+        previous = pointer["history"].pop()
+        self._verified_file(name, previous)
+        current = pointer["version"]
+        pointer["version"] = previous
+        write_atomic(self.root / name / "SERVING.json", json.dumps(pointer).encode())
+        if current:
+            self._set_status(name, current, "rolled_back")
+        self._set_status(name, previous, "serving", promoted=time.time())
+        return previous
+
+    def load(self, name: str, model, version: str | None = None):
+        """Load ``version`` (default: the serving one) into ``model``, checksum verified."""
+        version = version or self.serving(name)
+        if version is None:
+            raise ModelLoadError(f"{name}: no serving version")
+        return model.load(self._verified_file(name, version))
+
+    # the gate ------------------------------------------------------------------------------
+    def gate(self, name: str, candidate_version: str, model_factory: Callable[[], Any],
+             score: Callable[[Any], float], min_gain: float = 0.0) -> GateResult:
+        """Promote the candidate if ``score(candidate) > score(serving) + min_gain`` on the
+        caller's held-out window (always, when nothing serves yet); else reject it."""
+        candidate = self.load(name, model_factory(), candidate_version)
+        cand_score = float(score(candidate))
+        serving_version = self.serving(name)
+        serving_score = None
+        if serving_version is not None:
+            try:
+                serving_score = float(score(self.load(name, model_factory(), serving_version)))
+            except ModelLoadError:
+                log.exception("serving %s %s unreadable; the candidate is judged alone",
+                              name, serving_version)
+        accepted = serving_score is None or cand_score > serving_score + min_gain
+        if accepted:
+            self.promote(name, candidate_version)
+            reason = "no serving version" if serving_score is None else "beats the serving version"
+        else:
+            reason = (f"held-out score {cand_score:.4f} does not beat serving "
+                      f"{serving_score:.4f} + {min_gain}")
+            self.reject(name, candidate_version, reason)
+        self._set_status(name, candidate_version, "serving" if accepted else "rejected",
+                         gate={"candidate_score": cand_score, "serving_score": serving_score,
+                               "serving_version": serving_version})
+        return GateResult(accepted=accepted, candidate=candidate_version, serving=serving_version,
+                          candidate_score=cand_score, serving_score=serving_score, reason=reason)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value

@@ -1,0 +1,124 @@
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from pakit_stream.batch.compression import CompressionPredictor
+from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.registry import ModelRegistry
+from pakit_stream.training import ModelEvaluator, ModelTrainer, TrainingConfig, TrainingDataset
+
+
+def data(n, seed, flip=False):
+    rng = random.Random(seed)
+    ds = TrainingDataset()
+    for _ in range(n):
+        a, b = rng.uniform(-1, 1), rng.uniform(-1, 1)
+        good = "hi" if a + b > 0 else "lo"
+        ds.add_sample({"a": a, "b": b}, ({"hi": "lo", "lo": "hi"}[good] if flip else good))
+    return ds
+
+
+def trained(seed, flip=False, epochs=20):
+    train, val, _ = data(400, seed, flip).split(0.8, 0.2, 0.0, seed=seed)
+    model = CompressionPredictor(hidden_dim=16)
+    metrics = ModelTrainer(TrainingConfig(num_epochs=epochs, learning_rate=0.01)).train(
+        model, train, val)
+    return model, metrics
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ModelRegistry(tmp_path / "models")
+
+
+HOLDOUT = data(300, seed=99)  # the recent window the gate judges on; no model trains on it
+
+
+def score(model):
+    return ModelEvaluator().evaluate(model, HOLDOUT)["accuracy"]
+
+
+def test_first_candidate_is_promoted_a_worse_one_rejected_and_kept(store):
+    good, metrics = trained(1)
+    v1 = store.register("compression_predictor", good, metrics, window={"events": 400})
+    first = store.gate("compression_predictor", v1, CompressionPredictor, score)
+    assert first["accepted"] and store.serving("compression_predictor") == v1
+
+    worse, metrics = trained(2, flip=True)  # learned the labels backwards
+    v2 = store.register("compression_predictor", worse, metrics)
+    second = store.gate("compression_predictor", v2, CompressionPredictor, score)
+    assert not second["accepted"] and second["candidate_score"] < second["serving_score"]
+    assert store.serving("compression_predictor") == v1
+    meta = store.metadata("compression_predictor", v2)
+    assert meta["status"] == "rejected" and "does not beat" in meta["reason"]
+    assert (store.root / "compression_predictor" / v2 / "model.safetensors").exists()
+
+    better, metrics = trained(3, epochs=40)
+    v3 = store.register("compression_predictor", better, metrics)
+    third = store.gate("compression_predictor", v3, CompressionPredictor, score, min_gain=-1.0)
+    assert third["accepted"] and store.serving("compression_predictor") == v3
+    served = store.load("compression_predictor", CompressionPredictor())
+    assert served.version == v3
+
+
+def test_metadata_records_the_run(store):
+    model, metrics = trained(1, epochs=3)
+    v = store.register("compression_predictor", model, metrics, window={"from": 1, "to": 2})
+    meta = store.metadata("compression_predictor", v)
+    assert meta["kind"] == "CompressionPredictor" and meta["window"] == {"from": 1, "to": 2}
+    assert len(meta["sha256"]) == 64 and meta["code_version"] and meta["status"] == "candidate"
+    assert meta["metrics"]["accuracy"] == metrics["accuracy"]
+
+
+def test_rollback_restores_the_previous_version(store):
+    a, m = trained(1, epochs=3)
+    b, n = trained(4, epochs=3)
+    va = store.register("compression_predictor", a, m)
+    store.promote("compression_predictor", va)
+    vb = store.register("compression_predictor", b, n)
+    store.promote("compression_predictor", vb)
+    assert store.rollback("compression_predictor") == va
+    assert store.serving("compression_predictor") == va
+    assert store.metadata("compression_predictor", vb)["status"] == "rolled_back"
+    with pytest.raises(ValueError, match="no earlier version"):
+        store.rollback("compression_predictor")
+
+
+def test_tampered_model_is_refused_and_serving_stays(store):
+    a, m = trained(1, epochs=3)
+    va = store.register("compression_predictor", a, m)
+    store.promote("compression_predictor", va)
+    b, n = trained(4, epochs=3)
+    vb = store.register("compression_predictor", b, n)
+    path = store.root / "compression_predictor" / vb / "model.safetensors"
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ModelLoadError, match="checksum"):
+        store.promote("compression_predictor", vb)
+    with pytest.raises(ModelLoadError, match="checksum"):
+        store.gate("compression_predictor", vb, CompressionPredictor, score)
+    assert store.serving("compression_predictor") == va
+    assert store.load("compression_predictor", CompressionPredictor()).version == va
+
+
+def test_cli_lists_versions_and_rolls_back(store):
+    a, m = trained(1, epochs=3)
+    b, n = trained(4, epochs=3)
+    va = store.register("compression_predictor", a, m)
+    store.promote("compression_predictor", va)
+    vb = store.register("compression_predictor", b, n)
+    store.promote("compression_predictor", vb)
+    cli = [sys.executable, "-m", "pakit_stream", "models"]
+    listing = subprocess.run(cli + ["list", "--data-dir", str(store.root)], capture_output=True,
+                             text=True, check=True).stdout
+    assert "* compression_predictor" in listing and va in listing and vb in listing
+    out = subprocess.run(cli + ["rollback", "compression_predictor", "--data-dir",
+                                str(store.root)], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {"name": "compression_predictor", "serving": va}
+    bad = subprocess.run(cli + ["rollback", "compression_predictor", "--data-dir",
+                                str(store.root)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "no earlier version" in bad.stderr
