@@ -10,6 +10,7 @@ the checkpoint's offset, so Faust's own committed offsets never decide where rep
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from typing import Any
 
@@ -20,7 +21,9 @@ from prometheus_client import generate_latest
 from pakit_stream.checkpoint import CheckpointStore
 from pakit_stream.events.decode import Rejected
 from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
+from pakit_stream.exceptions import PakitStreamError
 from pakit_stream.pipeline import Pipeline
+from pakit_stream.retrain import Retrainer
 from pakit_stream.serving.hints import BadRequest, HintService
 from pakit_stream.settings import Settings
 
@@ -78,6 +81,8 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
         web_port=settings.web_port,
     )
     hints = HintService(pipeline)
+    retrainer = Retrainer(settings, pipeline)
+    retrainer.load_serving()
     dlq = app.topic(DLQ_TOPIC, value_serializer="raw", key_serializer="raw",
                     partitions=settings.topic_partitions)
     metrics = pipeline.metrics
@@ -138,6 +143,13 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
         for topic_name, value in lag.items():
             metrics.lag.labels(topic=topic_name).set(value)
 
+    @app.timer(settings.retrain_check_s, name="pakit_stream.retrain", on_leader=True)
+    async def maybe_retrain() -> None:
+        # only the leader trains the global batch models; the run itself is a subprocess
+        reason = retrainer.due()
+        if reason:
+            await retrainer.retrain(reason)
+
     @app.on_partitions_assigned.connect
     async def resume_from_checkpoint(sender, assigned, **kwargs) -> None:
         for tp in assigned:
@@ -150,13 +162,19 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
     async def checkpoint_before_revoke(sender, revoked, **kwargs) -> None:
         await checkpoint()
 
-    _add_views(app, hints)
-    app.pakit = {"pipeline": pipeline, "hints": hints, "checkpoints": checkpoints}
+    _add_views(app, hints, retrainer, settings.admin_token)
+    app.pakit = {"pipeline": pipeline, "hints": hints, "checkpoints": checkpoints,
+                 "retrainer": retrainer}
     return app
 
 
-def _add_views(app: faust.App, hints: HintService) -> None:
+def _add_views(app: faust.App, hints: HintService, retrainer: Retrainer,
+               admin_token: str | None) -> None:
     registry = hints.pipeline.metrics.registry
+
+    def authorized(request: Request) -> bool:
+        given = request.headers.get("Authorization", "")
+        return bool(admin_token) and hmac.compare_digest(given, f"Bearer {admin_token}")
 
     def answer(view: View, call, *args) -> Response:
         try:
@@ -184,6 +202,27 @@ def _add_views(app: faust.App, hints: HintService) -> None:
     class NetworkHint(View):
         async def post(self, request: Request) -> Response:
             return answer(self, hints.network, await request.read())
+
+    @app.page("/v1/hints/compression")
+    class CompressionHint(View):
+        async def post(self, request: Request) -> Response:
+            return answer(self, hints.compression, await request.read())
+
+    @app.page("/v1/admin/models/{name}/{action}")
+    class Admin(View):
+        async def post(self, request: Request, name: str, action: str) -> Response:
+            if not authorized(request):
+                return self.json({"error": "admin endpoints need the bearer token of "
+                                           "PAKIT_STREAM_ADMIN_TOKEN"}, status=403)
+            if name != "compression_predictor" or action not in ("rollback", "retrain"):
+                return self.json({"error": f"unknown model or action: {name}/{action}"},
+                                 status=404)
+            if action == "retrain":
+                return self.json(await retrainer.retrain("admin"))
+            try:
+                return self.json({"name": name, "serving": retrainer.rollback(name)})
+            except (ValueError, PakitStreamError) as exc:
+                return self.json({"error": str(exc)}, status=409)
 
     @app.page("/v1/hints/similar/{block_hash}")
     class SimilarHint(View):

@@ -17,7 +17,7 @@ from typing import Any
 
 from pakit_stream.events.schema import Event
 
-__all__ = ["FeatureExtractor", "BLOCK_FEATURES"]
+__all__ = ["FeatureExtractor", "BLOCK_FEATURES", "codec_features"]
 
 BLOCK_FEATURES = ("size_log2", "depth", "parent_count", "entropy", "entropy_known")
 
@@ -26,6 +26,19 @@ def _get(event: Any, name: str, default=None):
     if isinstance(event, Mapping):
         return event.get(name, default)
     return getattr(event, name, default)
+
+
+def codec_features(block_size: int, block_depth: int = 0, entropy: float | None = None,
+                   parent_count: int | None = None) -> dict[str, float]:
+    """The codec model's inputs: what a node knows about a block before compressing it."""
+    return {
+        "size_log2": math.log2(block_size + 1),
+        "depth": float(block_depth),
+        "parent_count": float(parent_count or 0),
+        "entropy": float(entropy) if entropy is not None else 0.0,
+        "entropy_known": 1.0 if entropy is not None else 0.0,
+        "access_count_log2": 0.0,
+    }
 
 
 class FeatureExtractor:
@@ -82,11 +95,10 @@ class FeatureExtractor:
         """Features of any event, by its ``event_type`` (guide spellings accepted)."""
         kind = _event_type(event)
         if kind == "block_stored":
-            return {k: v for k, v in self.extract_block_features(
-                _get(event, "block_hash"), int(_get(event, "block_size", 0)),
-                int(_get(event, "block_depth", 0)), 1.0, int(_get(event, "access_count", 0) or 0),
-                _get(event, "entropy"), _get(event, "parent_count"),
-            ).items() if k != "compression_ratio"}
+            x = codec_features(int(_get(event, "block_size", 0)), int(_get(event, "block_depth", 0)),
+                               _get(event, "entropy"), _get(event, "parent_count"))
+            x["access_count_log2"] = math.log2(int(_get(event, "access_count", 0) or 0) + 1)
+            return x
         if kind == "block_accessed":
             return {"cache_hit": float(bool(_get(event, "cache_hit"))),
                     "latency_ms": float(_get(event, "latency_ms", 0.0))}

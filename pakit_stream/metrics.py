@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 __all__ = ["Metrics", "OUTCOMES"]
 
@@ -85,6 +85,21 @@ class Metrics:
             lambda: time.time() - (self.checkpoint_timestamp._value.get() or started))
         self.lag = Gauge("consumer_lag_messages", "Messages behind the fetch high-watermark.",
                          ["topic"], namespace=ns, registry=r)
+        self.retrains = Counter("retrains", "Retraining runs, by model and outcome "
+                                "(accepted, rejected, failed).", ["model", "outcome"],
+                                namespace=ns, registry=r)
+        self.retrain_seconds = Histogram("retrain_seconds", "Duration of a retraining run.",
+                                         ["model"], namespace=ns, registry=r,
+                                         buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
+        self.retrain_samples = Gauge("retrain_samples", "Training samples of the last run.",
+                                     ["model"], namespace=ns, registry=r)
+        self.serving = Info("model_serving", "Version of each batch model being served.",
+                            ["model"], namespace=ns, registry=r)
+        self.codec_accuracy = Gauge("codec_online_accuracy", "Share of stored blocks whose codec "
+                                    "label the serving model predicted, before learning it.",
+                                    namespace=ns, registry=r)
+        self.codec_drift = Counter("codec_drift_detections", "Drifts ADWIN found in the serving "
+                                   "codec model's online error.", namespace=ns, registry=r)
         self.hints = Counter("hint_requests", "Hint requests, by hint and source "
                              "(learned, fallback, explore, error).", ["hint", "source"],
                              namespace=ns, registry=r)

@@ -24,6 +24,7 @@ from collections import deque
 from typing import Any
 
 import msgspec
+from river import drift
 
 from pakit_stream.events.decode import EventDecoder, Rejected
 from pakit_stream.events.schema import TOPICS, BlockStored, Event
@@ -85,11 +86,16 @@ class Pipeline:
         self.successors = SuccessorTable(capacity=s.successor_capacity)
         #: recent (features, best codec) pairs from stored blocks, for the batch codec model
         self.codec_window: deque[tuple[dict[str, float], str]] = deque(maxlen=window)
+        #: the serving codec model (numpy), swapped in by the retrainer; None before the first
+        self.codec_model = None
+        self.codec_new = 0  # labelled blocks since the last retrain
+        self.codec_drift = False
+        self._codec_adwin = drift.ADWIN()
         self.offsets: dict[str, int] = {}
         self.applied: dict[str, int] = dict.fromkeys(TOPICS, 0)
         self.quality = {name: _Mean() for name in (
             "bandit_replay", "bandit_logged", "gossip_reward", "gossip_agreement",
-            "successor_top1", "cache_hit")}
+            "successor_top1", "cache_hit", "codec_online")}
         self._peer_seen = self._gossip_seen = 0
         self._handlers = {
             "pakit.blocks": self._on_blocks,
@@ -150,13 +156,28 @@ class Pipeline:
     # -- per topic --------------------------------------------------------------------------
     def _on_blocks(self, events: list[BlockStored]) -> list[Rejected]:
         errors, extract, window = [], self.features.extract_features, self.codec_window
+        model, online, adwin = self.codec_model, self.quality["codec_online"], self._codec_adwin
+        labelled = 0
         for i, e in enumerate(events):
             try:
                 label = best_codec(e)
-                if label is not None:
-                    window.append((extract(e), label))
+                if label is None:
+                    continue
+                x = extract(e)
+                if model is not None:  # test, then train
+                    hit = model.predict(x)["algorithm"] == label
+                    online.add(hit)
+                    adwin.update(0.0 if hit else 1.0)
+                    if adwin.drift_detected:
+                        self.codec_drift = True
+                        self.metrics.codec_drift.inc()
+                window.append((x, label))
+                labelled += 1
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
+        self.codec_new += labelled
+        if model is not None:
+            self.metrics.codec_accuracy.set(online.value)
         return errors
 
     def _on_access(self, events) -> list[Rejected]:
@@ -268,6 +289,7 @@ class Pipeline:
                 "successors": {"blocks": len(self.successors),
                                "updates": self.successors.n_updates},
                 "codec_window": len(self.codec_window),
+                "codec_model": getattr(self.codec_model, "version", None),
             },
             "quality": {k: round(v.value, 6) for k, v in self.quality.items()},
         }

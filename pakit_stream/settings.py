@@ -83,6 +83,19 @@ class Settings:
         0.995, "Coverage a gossip round should reach; each unit short costs one more unit."
     )
     gossip_epsilon: float = _setting(0.1, "Exploration rate of fanout/TTL hints.")
+    # batch models
+    retrain_check_s: float = _setting(30.0, "How often the leader asks whether to retrain.")
+    retrain_interval_s: float = _setting(3600.0, "Retrain at least this often (with data).")
+    retrain_min_new: int = _setting(5000, "Retrain after this many new labelled blocks.")
+    retrain_min_samples: int = _setting(200, "Never retrain on fewer labelled blocks than this.")
+    retrain_holdout_fraction: float = _setting(
+        0.2, "Newest share of the window held out for the validation gate.")
+    retrain_min_gain: float = _setting(
+        0.0, "Held-out accuracy a candidate must gain over the serving model to replace it.")
+    retrain_timeout_s: float = _setting(600.0, "A retrain running longer is killed.")
+    retrain_threads: int = _setting(1, "torch threads of a retrain (leave a core to the agents).")
+    admin_token: str | None = _setting(
+        None, "Bearer token of the admin endpoints (rollback, retrain); unset: they are off.")
     lsh_threshold: float = _setting(0.7, "Jaccard similarity the MinHash LSH index targets.")
     lsh_capacity: int = _setting(100_000, "Blocks the LSH index keeps; oldest are evicted.")
     successor_capacity: int = _setting(
@@ -121,13 +134,16 @@ class Settings:
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"web_port out of range: {self.web_port}")
         positive = ("topic_partitions", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
-                    "max_event_bytes", "dlq_max_bytes", "bandit_latency_scale_ms", "bandit_max_peers",
+                    "max_event_bytes", "dlq_max_bytes", "retrain_check_s", "retrain_interval_s",
+                    "retrain_min_new", "retrain_min_samples", "retrain_timeout_s", "retrain_threads", "bandit_latency_scale_ms", "bandit_max_peers",
                     "eval_every", "lsh_capacity", "successor_capacity")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.bandit_smoothing <= 1:
             raise ConfigError("bandit_smoothing must be in (0, 1]")
+        if not 0 < self.retrain_holdout_fraction < 1:
+            raise ConfigError("retrain_holdout_fraction must be in (0, 1)")
         if not 0 < self.lsh_threshold < 1:
             raise ConfigError("lsh_threshold must be in (0, 1)")
         if not 0 < self.gossip_coverage_target <= 1:

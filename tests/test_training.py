@@ -4,6 +4,7 @@ import random
 from collections import Counter
 
 import msgspec
+import numpy as np
 import pytest
 import torch
 
@@ -205,3 +206,19 @@ def test_scheduler_trains_from_a_collector_spool_and_reschedules(tmp_path):
     assert scheduler.run_next_job()["model_name"] == "prefetch_engine"
     assert (tmp_path / "ckpt" / "compression_predictor.safetensors").exists()
     CompressionPredictor().load(tmp_path / "ckpt" / "compression_predictor.safetensors")
+
+
+def test_numpy_serving_gives_torchs_answers(tmp_path, codec_dataset):
+    from pakit_stream.serving.codec import ServedCodecModel
+
+    train, val, test = codec_dataset.split(seed=5)
+    model = CompressionPredictor()
+    ModelTrainer(TrainingConfig(num_epochs=10)).train(model, train, val)
+    model.version = "v-test"
+    model.save(tmp_path / "m.safetensors")
+    served = ServedCodecModel(tmp_path / "m.safetensors")
+    feats = [f for f, _ in test]
+    expected = model.predict_proba(feats).numpy()
+    got = np.stack([served.proba(f) for f in feats])
+    assert np.allclose(got, expected, atol=1e-5)
+    assert served.predict(feats[0])["model_version"] == "v-test"

@@ -26,6 +26,8 @@ import msgspec
 from msgspec import Meta, Struct
 
 from pakit_stream.events.schema import ContextKey, Fraction, Identifier, Millis
+from pakit_stream.features import codec_features
+from pakit_stream.serving.codec import heuristic_codec
 from pakit_stream.exceptions import InvalidEventError
 from pakit_stream.pipeline import Pipeline
 
@@ -52,6 +54,14 @@ class NetworkHintRequest(Struct, forbid_unknown_fields=True):
     node_id: Identifier | None = None
 
 
+class CompressionHintRequest(Struct, forbid_unknown_fields=True):
+    block_size: Annotated[int, Meta(ge=0, le=1 << 40)]
+    block_depth: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
+    entropy: Annotated[float, Meta(ge=0, le=8)] | None = None
+    parent_count: Annotated[int, Meta(ge=0)] | None = None
+    node_id: Identifier | None = None
+
+
 def _decode(body: bytes, kind):
     try:
         return msgspec.json.decode(body or b"", type=kind)
@@ -65,7 +75,8 @@ class HintService:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         m = pipeline.metrics
-        self._latency = {h: m.hint_latency.labels(hint=h) for h in ("peer", "network", "similar")}
+        self._latency = {h: m.hint_latency.labels(hint=h)
+                         for h in ("peer", "network", "similar", "compression")}
         self._requests = m.hints
 
     def _done(self, hint: str, source: str, started: float) -> None:
@@ -121,6 +132,22 @@ class HintService:
             similar, source = [], "fallback"
         self._done("similar", source, started)
         return {"block_hash": block_hash, "similar": similar, "source": source}
+
+    def compression(self, body: bytes) -> dict:
+        """``{block_size, block_depth, entropy?, parent_count?}`` →
+        ``{algorithm, confidence, model_version, source}``; before any model: zstd above
+        100 kB, else lz4."""
+        started = time.perf_counter()
+        req = self._parse("compression", body, CompressionHintRequest)
+        model = self.pipeline.codec_model  # read once: a swap mid-request cannot mix models
+        if model is None:
+            answer = {"algorithm": heuristic_codec(req.block_size), "confidence": None,
+                      "model_version": None, "source": "fallback"}
+        else:
+            x = codec_features(req.block_size, req.block_depth, req.entropy, req.parent_count)
+            answer = {**model.predict(x), "source": "learned"}
+        self._done("compression", answer["source"], started)
+        return answer
 
     def health(self) -> dict:
         return {"status": "ok", **self.pipeline.stats()}

@@ -1,0 +1,126 @@
+"""Retraining inside the daemon: when, on what, and the swap.
+
+A leader-only timer asks :meth:`Retrainer.due` whether to retrain the codec model: on schedule
+(``retrain_interval_s``), after ``retrain_min_new`` new labelled blocks, or when River's ADWIN
+detects drift in the serving model's online error. The training itself runs in a subprocess
+(:mod:`pakit_stream.retrain_worker`) that gets the recent labelled window, oldest part to train
+on and the newest ``holdout_fraction`` as the gate's held-out data. A run that fails or exceeds
+``retrain_timeout_s`` is killed and counted; the serving model stays. An accepted version is
+loaded (numpy, no torch) and swapped in with one assignment, so a hint sees the old model or the
+new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.pipeline import Pipeline
+from pakit_stream.registry import ModelRegistry
+from pakit_stream.serving.codec import ServedCodecModel
+from pakit_stream.settings import Settings
+
+__all__ = ["Retrainer", "CODEC_MODEL"]
+
+log = logging.getLogger(__name__)
+CODEC_MODEL = "compression_predictor"
+
+
+class Retrainer:
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self.settings, self.pipeline = settings, pipeline
+        self.registry = ModelRegistry(settings.data_dir / "registry")
+        self.metrics = pipeline.metrics
+        self.last_run = time.time()
+        self._lock = asyncio.Lock()
+
+    def load_serving(self, name: str = CODEC_MODEL) -> bool:
+        """Swap the registry's serving version in; a bad file is refused and nothing changes."""
+        version = self.registry.serving(name)
+        if version is None:
+            return False
+        try:
+            path = self.registry._verified_file(name, version)
+            model = ServedCodecModel(path)
+        except ModelLoadError:
+            log.exception("serving %s %s refused; keeping the current model", name, version)
+            return False
+        self.pipeline.codec_model = model  # one assignment: the swap
+        self.metrics.serving.labels(model=name).info({"version": version})
+        return True
+
+    def due(self) -> str | None:
+        p, s = self.pipeline, self.settings
+        if len(p.codec_window) < s.retrain_min_samples:
+            return None
+        if p.codec_drift:
+            return "drift"
+        if p.codec_new >= s.retrain_min_new:
+            return "volume"
+        if time.time() - self.last_run >= s.retrain_interval_s:
+            return "schedule"
+        return None
+
+    async def retrain(self, reason: str, name: str = CODEC_MODEL) -> dict[str, Any]:
+        """Run one retraining; returns its outcome (never raises)."""
+        if self._lock.locked():
+            return {"outcome": "skipped", "reason": "a retrain is already running"}
+        async with self._lock:
+            return await self._retrain(reason, name)
+
+    async def _retrain(self, reason: str, name: str) -> dict[str, Any]:
+        p, s, m = self.pipeline, self.settings, self.metrics
+        window = list(p.codec_window)
+        cut = int(len(window) * (1 - s.retrain_holdout_fraction))
+        job = {"name": name, "store": str(self.registry.root), "train": window[:cut],
+               "holdout": window[cut:], "threads": s.retrain_threads, "epochs": 30,
+               "min_gain": s.retrain_min_gain,
+               "window": {"samples": len(window), "reason": reason, "ended": time.time()}}
+        p.codec_new, p.codec_drift = 0, False
+        self.last_run = time.time()
+        started = time.perf_counter()
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(job, f)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pakit_stream.retrain_worker", f.name,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "OMP_NUM_THREADS": str(s.retrain_threads)})
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), s.retrain_timeout_s)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return self._failed(name, started, f"timed out after {s.retrain_timeout_s}s")
+        finally:
+            Path(f.name).unlink(missing_ok=True)
+        if proc.returncode != 0:
+            return self._failed(name, started, err.decode(errors="replace")[-500:])
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        outcome = "accepted" if result["accepted"] else "rejected"
+        m.retrains.labels(model=name, outcome=outcome).inc()
+        m.retrain_seconds.labels(model=name).observe(time.perf_counter() - started)
+        m.retrain_samples.labels(model=name).set(result["samples"])
+        if result["accepted"]:
+            self.load_serving(name)
+        log.info("retrain of %s (%s): %s, %s", name, reason, outcome, result["reason"])
+        return {"outcome": outcome, **result}
+
+    def _failed(self, name: str, started: float, why: str) -> dict[str, Any]:
+        log.error("retrain of %s failed: %s", name, why)
+        self.metrics.retrains.labels(model=name, outcome="failed").inc()
+        self.metrics.retrain_seconds.labels(model=name).observe(time.perf_counter() - started)
+        return {"outcome": "failed", "reason": why}
+
+    def rollback(self, name: str = CODEC_MODEL) -> str:
+        version = self.registry.rollback(name)
+        if not self.load_serving(name):
+            raise ModelLoadError(f"{name} {version} could not be loaded")
+        return version
