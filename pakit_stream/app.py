@@ -23,7 +23,7 @@ from pakit_stream.events.decode import Rejected
 from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
 from pakit_stream.exceptions import PakitStreamError
 from pakit_stream.pipeline import Pipeline
-from pakit_stream.retrain import Retrainer
+from pakit_stream.retrain import MODELS, Retrainer
 from pakit_stream.serving.hints import BadRequest, HintService
 from pakit_stream.settings import Settings
 
@@ -82,7 +82,7 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
     )
     hints = HintService(pipeline)
     retrainer = Retrainer(settings, pipeline)
-    retrainer.load_serving()
+    retrainer.load_all()
     dlq = app.topic(DLQ_TOPIC, value_serializer="raw", key_serializer="raw",
                     partitions=settings.topic_partitions)
     metrics = pipeline.metrics
@@ -146,9 +146,10 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
     @app.timer(settings.retrain_check_s, name="pakit_stream.retrain", on_leader=True)
     async def maybe_retrain() -> None:
         # only the leader trains the global batch models; the run itself is a subprocess
-        reason = retrainer.due()
-        if reason:
-            await retrainer.retrain(reason)
+        for name in MODELS:
+            reason = retrainer.due(name)
+            if reason:
+                await retrainer.retrain(reason, name)
 
     @app.on_partitions_assigned.connect
     async def resume_from_checkpoint(sender, assigned, **kwargs) -> None:
@@ -208,17 +209,22 @@ def _add_views(app: faust.App, hints: HintService, retrainer: Retrainer,
         async def post(self, request: Request) -> Response:
             return answer(self, hints.compression, await request.read())
 
+    @app.page("/v1/hints/prefetch")
+    class PrefetchHint(View):
+        async def post(self, request: Request) -> Response:
+            return answer(self, hints.prefetch, await request.read())
+
     @app.page("/v1/admin/models/{name}/{action}")
     class Admin(View):
         async def post(self, request: Request, name: str, action: str) -> Response:
             if not authorized(request):
                 return self.json({"error": "admin endpoints need the bearer token of "
                                            "PAKIT_STREAM_ADMIN_TOKEN"}, status=403)
-            if name != "compression_predictor" or action not in ("rollback", "retrain"):
+            if name not in MODELS or action not in ("rollback", "retrain"):
                 return self.json({"error": f"unknown model or action: {name}/{action}"},
                                  status=404)
             if action == "retrain":
-                return self.json(await retrainer.retrain("admin"))
+                return self.json(await retrainer.retrain("admin", name))
             try:
                 return self.json({"name": name, "serving": retrainer.rollback(name)})
             except (ValueError, PakitStreamError) as exc:

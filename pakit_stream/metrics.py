@@ -63,9 +63,12 @@ class Metrics:
                                  namespace=ns, registry=r)
         self.lsh_query = Histogram("lsh_query_seconds", "Time of one LSH similarity query.",
                                    namespace=ns, registry=r, buckets=_FAST)
-        self.prefetch_hit = Gauge("successor_top1_accuracy", "Share of accesses the successor "
-                                  "table predicted (top-1), prequentially.", namespace=ns,
-                                  registry=r)
+        self.prefetch_hit = Gauge("successor_hit_ratio_at_5", "Share of accesses among the "
+                                  "successor table's top-5 predictions, made before each access.",
+                                  namespace=ns, registry=r)
+        self.prefetch_holdout = Gauge("prefetch_holdout_hit_ratio_at_5", "Hit ratio at 5 of the "
+                                      "serving prefetch model on its gate's held-out accesses.",
+                                      namespace=ns, registry=r)
         self.cache_hit = Gauge("node_cache_hit_ratio", "Cache hit ratio reported by nodes.",
                                namespace=ns, registry=r)
         self.checkpoints = Counter("checkpoints", "Checkpoint attempts, by outcome.", ["outcome"],

@@ -91,11 +91,15 @@ class Pipeline:
         self.codec_new = 0  # labelled blocks since the last retrain
         self.codec_drift = False
         self._codec_adwin = drift.ADWIN()
+        #: recent (node, block) reads, for the batch prefetch model
+        self.access_window: deque[tuple[str, str]] = deque(maxlen=settings.prefetch_window)
+        self.prefetch_model = None  # the serving GRU (numpy), swapped in by the retrainer
+        self.prefetch_new = 0
         self.offsets: dict[str, int] = {}
         self.applied: dict[str, int] = dict.fromkeys(TOPICS, 0)
         self.quality = {name: _Mean() for name in (
             "bandit_replay", "bandit_logged", "gossip_reward", "gossip_agreement",
-            "successor_top1", "cache_hit", "codec_online")}
+            "successor_hit5", "cache_hit", "codec_online")}
         self._peer_seen = self._gossip_seen = 0
         self._handlers = {
             "pakit.blocks": self._on_blocks,
@@ -181,17 +185,19 @@ class Pipeline:
         return errors
 
     def _on_access(self, events) -> list[Rejected]:
-        errors, observe = [], self.successors.observe
-        top1, hits = self.quality["successor_top1"], self.quality["cache_hit"]
+        errors, observe, window = [], self.successors.observe, self.access_window
+        hit5, hits = self.quality["successor_hit5"], self.quality["cache_hit"]
         for i, e in enumerate(events):
             try:
-                hit = observe(e.node_id, e.block_hash)
+                hit = observe(e.node_id, e.block_hash, 5)
                 if hit is not None:
-                    top1.add(hit)
+                    hit5.add(hit)
                 hits.add(e.cache_hit)
+                window.append((e.node_id, e.block_hash))
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
-        self.metrics.prefetch_hit.set(top1.value)
+        self.prefetch_new += len(events) - len(errors)
+        self.metrics.prefetch_hit.set(hit5.value)
         self.metrics.cache_hit.set(hits.value)
         return errors
 
@@ -259,6 +265,7 @@ class Pipeline:
             "learners": {"peers": self.peers, "network": self.network, "dedup": self.dedup,
                          "successors": self.successors},
             "codec_window": list(self.codec_window),
+            "access_window": list(self.access_window),
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -273,6 +280,7 @@ class Pipeline:
         self.peers, self.network = learners["peers"], learners["network"]
         self.dedup, self.successors = learners["dedup"], learners["successors"]
         self.codec_window.extend(snap["codec_window"])
+        self.access_window.extend(snap.get("access_window", ()))
         self.metrics.lsh_entries.set(len(self.dedup))
         self.metrics.bandit_peers.set(self.peers.n_peers)
 
@@ -290,6 +298,8 @@ class Pipeline:
                                "updates": self.successors.n_updates},
                 "codec_window": len(self.codec_window),
                 "codec_model": getattr(self.codec_model, "version", None),
+                "access_window": len(self.access_window),
+                "prefetch_model": getattr(self.prefetch_model, "version", None),
             },
             "quality": {k: round(v.value, 6) for k, v in self.quality.items()},
         }

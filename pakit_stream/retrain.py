@@ -1,10 +1,12 @@
 """Retraining inside the daemon: when, on what, and the swap.
 
-A leader-only timer asks :meth:`Retrainer.due` whether to retrain the codec model: on schedule
-(``retrain_interval_s``), after ``retrain_min_new`` new labelled blocks, or when River's ADWIN
-detects drift in the serving model's online error. The training itself runs in a subprocess
-(:mod:`pakit_stream.retrain_worker`) that gets the recent labelled window, oldest part to train
-on and the newest ``holdout_fraction`` as the gate's held-out data. A run that fails or exceeds
+A leader-only timer asks :meth:`Retrainer.due` whether to retrain each batch model: on schedule
+(``retrain_interval_s``), after ``retrain_min_new`` new examples (labelled blocks for the codec
+model, reads for the prefetch model), or, for the codec model, when River's ADWIN detects drift
+in the serving model's online error. The training itself runs in a subprocess
+(:mod:`pakit_stream.retrain_worker`) that gets the recent window: the older part to train on,
+the newest ``holdout_fraction`` as the gate's held-out data (for reads: the newest part of each
+node's sequence). A run that fails or exceeds
 ``retrain_timeout_s`` is killed and counted; the serving model stays. An accepted version is
 loaded (numpy, no torch) and swapped in with one assignment, so a hint sees the old model or the
 new one, never a mix.
@@ -26,12 +28,17 @@ from pakit_stream.exceptions import ModelLoadError
 from pakit_stream.pipeline import Pipeline
 from pakit_stream.registry import ModelRegistry
 from pakit_stream.serving.codec import ServedCodecModel
+from pakit_stream.serving.prefetch import ServedPrefetchModel
 from pakit_stream.settings import Settings
 
-__all__ = ["Retrainer", "CODEC_MODEL"]
+__all__ = ["Retrainer", "CODEC_MODEL", "PREFETCH_MODEL", "MODELS"]
 
 log = logging.getLogger(__name__)
 CODEC_MODEL = "compression_predictor"
+PREFETCH_MODEL = "prefetch_engine"
+#: model name -> (served class, pipeline attribute it is swapped into)
+MODELS = {CODEC_MODEL: (ServedCodecModel, "codec_model"),
+          PREFETCH_MODEL: (ServedPrefetchModel, "prefetch_model")}
 
 
 class Retrainer:
@@ -39,7 +46,8 @@ class Retrainer:
         self.settings, self.pipeline = settings, pipeline
         self.registry = ModelRegistry(settings.data_dir / "registry")
         self.metrics = pipeline.metrics
-        self.last_run = time.time()
+        self.started = time.time()
+        self.last_run: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
     def load_serving(self, name: str = CODEC_MODEL) -> bool:
@@ -47,25 +55,33 @@ class Retrainer:
         version = self.registry.serving(name)
         if version is None:
             return False
+        served_class, attribute = MODELS[name]
         try:
-            path = self.registry._verified_file(name, version)
-            model = ServedCodecModel(path)
+            model = served_class(self.registry._verified_file(name, version))
         except ModelLoadError:
             log.exception("serving %s %s refused; keeping the current model", name, version)
             return False
-        self.pipeline.codec_model = model  # one assignment: the swap
+        setattr(self.pipeline, attribute, model)  # one assignment: the swap
         self.metrics.serving.labels(model=name).info({"version": version})
         return True
 
-    def due(self) -> str | None:
+    def load_all(self) -> None:
+        for name in MODELS:
+            self.load_serving(name)
+
+    def due(self, name: str = CODEC_MODEL) -> str | None:
         p, s = self.pipeline, self.settings
-        if len(p.codec_window) < s.retrain_min_samples:
+        if name == CODEC_MODEL:
+            size, new, drifted = len(p.codec_window), p.codec_new, p.codec_drift
+        else:
+            size, new, drifted = len(p.access_window), p.prefetch_new, False
+        if size < s.retrain_min_samples:
             return None
-        if p.codec_drift:
+        if drifted:
             return "drift"
-        if p.codec_new >= s.retrain_min_new:
+        if new >= s.retrain_min_new:
             return "volume"
-        if time.time() - self.last_run >= s.retrain_interval_s:
+        if time.time() - self.last_run.get(name, self.started) >= s.retrain_interval_s:
             return "schedule"
         return None
 
@@ -78,14 +94,25 @@ class Retrainer:
 
     async def _retrain(self, reason: str, name: str) -> dict[str, Any]:
         p, s, m = self.pipeline, self.settings, self.metrics
-        window = list(p.codec_window)
-        cut = int(len(window) * (1 - s.retrain_holdout_fraction))
-        job = {"name": name, "store": str(self.registry.root), "train": window[:cut],
-               "holdout": window[cut:], "threads": s.retrain_threads, "epochs": 30,
-               "min_gain": s.retrain_min_gain,
+        frac = s.retrain_holdout_fraction
+        if name == CODEC_MODEL:
+            window = list(p.codec_window)
+            cut = int(len(window) * (1 - frac))
+            train, holdout = window[:cut], window[cut:]
+            p.codec_new, p.codec_drift = 0, False
+        else:
+            sequences: dict[str, list[str]] = {}
+            for node, block in p.access_window:
+                sequences.setdefault(node, []).append(block)
+            window = list(p.access_window)
+            train = [seq[:int(len(seq) * (1 - frac))] for seq in sequences.values()]
+            holdout = [seq[int(len(seq) * (1 - frac)):] for seq in sequences.values()]
+            p.prefetch_new = 0
+        job = {"name": name, "store": str(self.registry.root), "train": train,
+               "holdout": holdout, "threads": s.retrain_threads, "epochs": 30,
+               "min_gain": s.retrain_min_gain, "max_vocab": s.prefetch_max_vocab,
                "window": {"samples": len(window), "reason": reason, "ended": time.time()}}
-        p.codec_new, p.codec_drift = 0, False
-        self.last_run = time.time()
+        self.last_run[name] = time.time()
         started = time.perf_counter()
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(job, f)
@@ -110,6 +137,8 @@ class Retrainer:
         m.retrain_samples.labels(model=name).set(result["samples"])
         if result["accepted"]:
             self.load_serving(name)
+            if name == PREFETCH_MODEL:
+                m.prefetch_holdout.set(result["candidate_score"])
         log.info("retrain of %s (%s): %s, %s", name, reason, outcome, result["reason"])
         return {"outcome": outcome, **result}
 

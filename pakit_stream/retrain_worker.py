@@ -14,31 +14,57 @@ import time
 from pathlib import Path
 
 
+def hit_ratio_at(model, holdout: list[list[str]], k: int = 5, context: int = 8) -> float:
+    """Share of held-out transitions whose next block is among the model's top ``k``."""
+    hits = total = 0
+    for seq in holdout:
+        for t in range(1, len(seq)):
+            total += 1
+            hits += seq[t] in model.predict({"recent_accesses": seq[max(0, t - context):t], "k": k})
+    return hits / total if total else 0.0
+
+
 def run(job: dict) -> dict:
     import torch
 
-    from pakit_stream.batch.compression import CompressionPredictor
     from pakit_stream.registry import ModelRegistry
     from pakit_stream.training import ModelEvaluator, ModelTrainer, TrainingConfig, TrainingDataset
 
     torch.set_num_threads(job["threads"])
     started = time.perf_counter()
-    data = TrainingDataset([(f, label) for f, label in job["train"]])
-    holdout = TrainingDataset([(f, label) for f, label in job["holdout"]])
-    train, val, _ = data.time_split(0.85, 0.15)
-    model = CompressionPredictor()
     config = TrainingConfig(num_epochs=job["epochs"], early_stopping_patience=3,
                             batch_size=256, learning_rate=3e-3, num_threads=job["threads"],
                             seed=job.get("seed", 0))
-    metrics = ModelTrainer(config).train(model, train, val)
     store = ModelRegistry(job["store"])
+    if job["name"] == "compression_predictor":
+        from pakit_stream.batch.compression import CompressionPredictor as factory
+
+        data = TrainingDataset([(f, label) for f, label in job["train"]])
+        holdout = TrainingDataset([(f, label) for f, label in job["holdout"]])
+        train, val, _ = data.time_split(0.85, 0.15)
+        model = factory()
+        metrics = ModelTrainer(config).train(model, train, val)
+        samples = len(train)
+
+        def score(candidate) -> float:
+            return ModelEvaluator().evaluate(candidate, holdout)["accuracy"]
+    elif job["name"] == "prefetch_engine":
+        from functools import partial
+
+        from pakit_stream.batch.prefetch import PrefetchEngine
+
+        factory = partial(PrefetchEngine, max_vocab_size=job["max_vocab"])
+        model = factory()
+        metrics = model.train(job["train"], config)
+        samples = int(metrics["samples"])
+
+        def score(candidate) -> float:
+            return hit_ratio_at(candidate, job["holdout"])
+    else:
+        raise SystemExit(f"unknown model {job['name']!r}")
     version = store.register(job["name"], model, metrics, window=job["window"])
-
-    def score(candidate) -> float:
-        return ModelEvaluator().evaluate(candidate, holdout)["accuracy"]
-
-    gate = store.gate(job["name"], version, CompressionPredictor, score, min_gain=job["min_gain"])
-    return {**gate, "version": version, "samples": len(train),
+    gate = store.gate(job["name"], version, factory, score, min_gain=job["min_gain"])
+    return {**gate, "version": version, "samples": samples,
             "seconds": time.perf_counter() - started, "train_metrics": metrics}
 
 

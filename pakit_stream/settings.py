@@ -94,6 +94,8 @@ class Settings:
         0.0, "Held-out accuracy a candidate must gain over the serving model to replace it.")
     retrain_timeout_s: float = _setting(600.0, "A retrain running longer is killed.")
     retrain_threads: int = _setting(1, "torch threads of a retrain (leave a core to the agents).")
+    prefetch_window: int = _setting(200_000, "Recent reads kept to train the prefetch model.")
+    prefetch_max_vocab: int = _setting(10_000, "Blocks the prefetch model can name.")
     admin_token: str | None = _setting(
         None, "Bearer token of the admin endpoints (rollback, retrain); unset: they are off.")
     lsh_threshold: float = _setting(0.7, "Jaccard similarity the MinHash LSH index targets.")
@@ -135,7 +137,8 @@ class Settings:
             raise ConfigError(f"web_port out of range: {self.web_port}")
         positive = ("topic_partitions", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
                     "max_event_bytes", "dlq_max_bytes", "retrain_check_s", "retrain_interval_s",
-                    "retrain_min_new", "retrain_min_samples", "retrain_timeout_s", "retrain_threads", "bandit_latency_scale_ms", "bandit_max_peers",
+                    "retrain_min_new", "retrain_min_samples", "retrain_timeout_s", "retrain_threads",
+                    "prefetch_window", "prefetch_max_vocab", "bandit_latency_scale_ms", "bandit_max_peers",
                     "eval_every", "lsh_capacity", "successor_capacity")
         for name in positive:
             if getattr(self, name) <= 0:

@@ -222,3 +222,21 @@ def test_numpy_serving_gives_torchs_answers(tmp_path, codec_dataset):
     got = np.stack([served.proba(f) for f in feats])
     assert np.allclose(got, expected, atol=1e-5)
     assert served.predict(feats[0])["model_version"] == "v-test"
+
+
+def test_numpy_gru_serving_gives_torchs_answers(tmp_path):
+    from pakit_stream.serving.prefetch import ServedPrefetchModel
+
+    seqs = loop_sequences(n_loops=6, length=10, repeats=8)
+    engine = PrefetchEngine(max_vocab_size=200, hidden_dim=32, embed_dim=16)
+    engine.train(seqs, TrainingConfig(num_epochs=5))
+    engine.version = "p1"
+    engine.save(tmp_path / "p.safetensors")
+    served = ServedPrefetchModel(tmp_path / "p.safetensors")
+    for start in range(0, 30, 7):
+        recent = seqs[1][start:start + 5]
+        with torch.no_grad():
+            x = torch.tensor([engine._context(engine._ids(recent))])
+            expected = engine.net(x)[0].numpy()
+        assert np.allclose(served.scores(recent), expected, atol=1e-4)
+        assert served.predict(recent, 3) == engine.predict({"recent_accesses": recent, "k": 3})

@@ -33,10 +33,10 @@ class SuccessorTable(OnlineModel):
         self._next: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._last: OrderedDict[str, str] = OrderedDict()
 
-    def observe(self, node_id: str, block: str) -> bool | None:
+    def observe(self, node_id: str, block: str, k: int = 1) -> bool | None:
         """Count ``previous -> block`` for ``node_id``.
 
-        Returns whether ``block`` was among the top-1 successor predicted before this access
+        Returns whether ``block`` was among the top-``k`` successors predicted before this access
         (``None`` when there was no prediction): the prequential signal of the table's quality.
         """
         last = self._last
@@ -48,7 +48,12 @@ class SuccessorTable(OnlineModel):
         if prev is None or prev == block:
             return None
         succ = self._next.get(prev)
-        hit = max(succ, key=succ.__getitem__) == block if succ else None
+        if not succ:
+            hit = None
+        elif k == 1:
+            hit = max(succ, key=succ.__getitem__) == block
+        else:
+            hit = block in sorted(succ, key=lambda b: -succ[b])[:k]
         self.add_transition(prev, block)
         return hit
 

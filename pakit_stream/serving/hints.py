@@ -25,7 +25,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-from pakit_stream.events.schema import ContextKey, Fraction, Identifier, Millis
+from pakit_stream.events.schema import BlockHash, ContextKey, Fraction, Identifier, Millis
 from pakit_stream.features import codec_features
 from pakit_stream.serving.codec import heuristic_codec
 from pakit_stream.exceptions import InvalidEventError
@@ -62,6 +62,12 @@ class CompressionHintRequest(Struct, forbid_unknown_fields=True):
     node_id: Identifier | None = None
 
 
+class PrefetchHintRequest(Struct, forbid_unknown_fields=True):
+    recent_accesses: Annotated[list[BlockHash], Meta(min_length=1, max_length=64)]
+    node_id: Identifier | None = None
+    k: Annotated[int, Meta(ge=1, le=100)] = 5
+
+
 def _decode(body: bytes, kind):
     try:
         return msgspec.json.decode(body or b"", type=kind)
@@ -76,7 +82,7 @@ class HintService:
         self.pipeline = pipeline
         m = pipeline.metrics
         self._latency = {h: m.hint_latency.labels(hint=h)
-                         for h in ("peer", "network", "similar", "compression")}
+                         for h in ("peer", "network", "similar", "compression", "prefetch")}
         self._requests = m.hints
 
     def _done(self, hint: str, source: str, started: float) -> None:
@@ -147,6 +153,22 @@ class HintService:
             x = codec_features(req.block_size, req.block_depth, req.entropy, req.parent_count)
             answer = {**model.predict(x), "source": "learned"}
         self._done("compression", answer["source"], started)
+        return answer
+
+    def prefetch(self, body: bytes) -> dict:
+        """``{node_id, recent_accesses, k}`` → ``{blocks, model_version, source}``: the GRU when
+        it knows the last block, else the online successor table, else nothing."""
+        started = time.perf_counter()
+        req = self._parse("prefetch", body, PrefetchHintRequest)
+        model = self.pipeline.prefetch_model
+        if model is not None and model.knows(req.recent_accesses[-1]):
+            answer = {"blocks": model.predict(req.recent_accesses, req.k),
+                      "model_version": model.version, "source": "learned"}
+        else:
+            blocks = self.pipeline.successors.successors(req.recent_accesses[-1], req.k)
+            answer = {"blocks": blocks, "model_version": None,
+                      "source": "markov" if blocks else "fallback"}
+        self._done("prefetch", answer["source"], started)
         return answer
 
     def health(self) -> dict:
