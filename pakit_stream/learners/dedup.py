@@ -43,6 +43,7 @@ class DeduplicationOptimizer(OnlineModel):
         self.threshold, self.capacity, self.num_perm = threshold, capacity, num_perm
         self._init_index()
         self.evictions = 0
+        self.skipped = 0
         self.last_query_seconds = 0.0
 
     def _init_index(self) -> None:
@@ -76,6 +77,11 @@ class DeduplicationOptimizer(OnlineModel):
         self.n_updates += 1
 
     def learn_record(self, record: Mapping[str, Any]) -> None:
+        """Index a fingerprinted record; anything without a ``minhash`` (say, a codec training
+        sample) has nothing to index and only counts in ``skipped``."""
+        if not isinstance(record, Mapping) or "minhash" not in record:
+            self.skipped += 1
+            return
         self.add(record["block_hash"], record["minhash"])
 
     def query(self, minhash: Sequence[int] | np.ndarray, top_k: int = 5,
