@@ -214,6 +214,21 @@ def _add_views(app: faust.App, hints: HintService, retrainer: Retrainer,
         async def post(self, request: Request) -> Response:
             return answer(self, hints.prefetch, await request.read())
 
+    @app.page("/v1/admin/models/{name}/gate/{version}")
+    class AdminGate(View):
+        async def post(self, request: Request, name: str, version: str) -> Response:
+            if not authorized(request):
+                return self.json({"error": "admin endpoints need the bearer token of "
+                                           "PAKIT_STREAM_ADMIN_TOKEN"}, status=403)
+            if name not in MODELS:
+                return self.json({"error": f"unknown model {name}"}, status=404)
+            try:
+                gain = request.query.get("min_gain")
+                return self.json(retrainer.gate_candidate(
+                    name, version, None if gain is None else float(gain)))
+            except (ValueError, PakitStreamError) as exc:
+                return self.json({"error": str(exc)}, status=409)
+
     @app.page("/v1/admin/models/{name}/{action}")
     class Admin(View):
         async def post(self, request: Request, name: str, action: str) -> Response:

@@ -148,6 +148,50 @@ class Retrainer:
         self.metrics.retrain_seconds.labels(model=name).observe(time.perf_counter() - started)
         return {"outcome": "failed", "reason": why}
 
+    def holdout(self, name: str):
+        """The newest ``retrain_holdout_fraction`` of the window: the gate's held-out data."""
+        p, frac = self.pipeline, self.settings.retrain_holdout_fraction
+        if name == CODEC_MODEL:
+            window = list(p.codec_window)
+            return window[int(len(window) * (1 - frac)):]
+        sequences: dict[str, list[str]] = {}
+        for node, block in p.access_window:
+            sequences.setdefault(node, []).append(block)
+        return [seq[int(len(seq) * (1 - frac)):] for seq in sequences.values()]
+
+    def served_score(self, name: str, model, holdout) -> float:
+        if name == CODEC_MODEL:
+            hits = [model.predict(x)["algorithm"] == label for x, label in holdout]
+        else:
+            hits = [seq[t] in model.predict(seq[max(0, t - 8):t], 5)
+                    for seq in holdout for t in range(1, len(seq))]
+        return sum(hits) / len(hits) if hits else 0.0
+
+    def gate_candidate(self, name: str, version: str,
+                       min_gain: float | None = None) -> dict[str, Any]:
+        """Judge a registered candidate (trained anywhere) against the serving version on this
+        daemon's held-out window, with the served (numpy) models; promote and swap it in, or
+        reject it (it is kept for inspection)."""
+        served_class, _ = MODELS[name]
+        holdout = self.holdout(name)
+        if not holdout:
+            raise ValueError(f"{name}: no recent data to judge a candidate on")
+
+        class Served:  # what the registry's gate loads each version into
+            @staticmethod
+            def load(path):
+                return served_class(path)
+
+        result = self.registry.gate(name, version, Served,
+                                    lambda model: self.served_score(name, model, holdout),
+                                    min_gain=self.settings.retrain_min_gain
+                                    if min_gain is None else min_gain)
+        outcome = "accepted" if result["accepted"] else "rejected"
+        self.metrics.retrains.labels(model=name, outcome=outcome).inc()
+        if result["accepted"]:
+            self.load_serving(name)
+        return {"outcome": outcome, **result}
+
     def rollback(self, name: str = CODEC_MODEL) -> str:
         version = self.registry.rollback(name)
         if not self.load_serving(name):

@@ -88,3 +88,27 @@ def test_daemon_retrains_swaps_rolls_back_and_refuses_a_corrupt_model(producer, 
     status, body = admin(daemon, "rollback")
     assert status == 200 and body["serving"] == v2
     assert hint(daemon, 7.5)["model_version"] == v2
+
+    # a deliberately worse candidate, trained elsewhere on the labels backwards, is put to the
+    # daemon's gate: it loses on the daemon's held-out window, is rejected and kept
+    from pakit_stream.batch.compression import CompressionPredictor
+    from pakit_stream.features import FeatureExtractor
+    from pakit_stream.registry import ModelRegistry
+    from pakit_stream.training import ModelTrainer, TrainingConfig, TrainingDataset
+
+    backwards = TrainingDataset()
+    for e in stored_blocks(5000, 400, seed=9):
+        best = min(e["codec_results"], key=lambda c: c["compressed_size"] + c["compress_us"]
+                   + c["decompress_us"])["algorithm"]
+        backwards.add_sample(FeatureExtractor().extract_features(e),
+                             {"zstd": "lz4", "lz4": "zstd"}[best])
+    worse = CompressionPredictor()
+    ModelTrainer(TrainingConfig(num_epochs=15, learning_rate=0.01)).train(
+        worse, *backwards.split(0.8, 0.2, 0.0)[:2])
+    store = ModelRegistry(tmp_path / "store" / "registry")
+    bad = store.register("compression_predictor", worse, {"accuracy": 0.0})
+    status, body = admin(daemon, f"gate/{bad}?min_gain=0")
+    assert status == 200 and body["outcome"] == "rejected"
+    assert body["candidate_score"] < body["serving_score"]
+    assert store.metadata("compression_predictor", bad)["status"] == "rejected"
+    assert hint(daemon, 7.5)["model_version"] == v2
