@@ -29,7 +29,8 @@ def _get(event: Any, name: str, default=None):
 
 
 def codec_features(block_size: int, block_depth: int = 0, entropy: float | None = None,
-                   parent_count: int | None = None) -> dict[str, float]:
+                   parent_count: int | None = None, probe_ratio: float | None = None
+                   ) -> dict[str, float]:
     """The codec model's inputs: what a node knows about a block before compressing it."""
     return {
         "size_log2": math.log2(block_size + 1),
@@ -37,6 +38,8 @@ def codec_features(block_size: int, block_depth: int = 0, entropy: float | None 
         "parent_count": float(parent_count or 0),
         "entropy": float(entropy) if entropy is not None else 0.0,
         "entropy_known": 1.0 if entropy is not None else 0.0,
+        "probe_ratio": float(probe_ratio) if probe_ratio is not None else 1.0,
+        "probe_known": 1.0 if probe_ratio is not None else 0.0,
         "access_count_log2": 0.0,
     }
 
@@ -96,7 +99,8 @@ class FeatureExtractor:
         kind = _event_type(event)
         if kind == "block_stored":
             x = codec_features(int(_get(event, "block_size", 0)), int(_get(event, "block_depth", 0)),
-                               _get(event, "entropy"), _get(event, "parent_count"))
+                               _get(event, "entropy"), _get(event, "parent_count"),
+                               _get(event, "probe_ratio"))
             x["access_count_log2"] = math.log2(int(_get(event, "access_count", 0) or 0) + 1)
             return x
         if kind == "block_accessed":

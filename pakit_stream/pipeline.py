@@ -161,10 +161,10 @@ class Pipeline:
     def _on_blocks(self, events: list[BlockStored]) -> list[Rejected]:
         errors, extract, window = [], self.features.extract_features, self.codec_window
         model, online, adwin = self.codec_model, self.quality["codec_online"], self._codec_adwin
-        labelled = 0
+        labelled, cpu_weight = 0, self.settings.codec_cpu_bytes_per_us
         for i, e in enumerate(events):
             try:
-                label = best_codec(e)
+                label = best_codec(e, cpu_weight)
                 if label is None:
                     continue
                 x = extract(e)

@@ -84,6 +84,8 @@ class Settings:
     )
     gossip_epsilon: float = _setting(0.1, "Exploration rate of fanout/TTL hints.")
     # batch models
+    codec_cpu_bytes_per_us: float = _setting(
+        1.0, "Codec label cost: compressed bytes + this * (compress_us + decompress_us).")
     retrain_check_s: float = _setting(30.0, "How often the leader asks whether to retrain.")
     retrain_interval_s: float = _setting(3600.0, "Retrain at least this often (with data).")
     retrain_min_new: int = _setting(5000, "Retrain after this many new labelled blocks.")
@@ -136,7 +138,7 @@ class Settings:
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"web_port out of range: {self.web_port}")
         positive = ("topic_partitions", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
-                    "max_event_bytes", "dlq_max_bytes", "retrain_check_s", "retrain_interval_s",
+                    "max_event_bytes", "dlq_max_bytes", "codec_cpu_bytes_per_us", "retrain_check_s", "retrain_interval_s",
                     "retrain_min_new", "retrain_min_samples", "retrain_timeout_s", "retrain_threads",
                     "prefetch_window", "prefetch_max_vocab", "bandit_latency_scale_ms", "bandit_max_peers",
                     "eval_every", "lsh_capacity", "successor_capacity")

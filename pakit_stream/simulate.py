@@ -27,7 +27,7 @@ import numpy as np
 
 from pakit_stream.events.fingerprint import block_minhash
 
-__all__ = ["Block", "read_blocks", "codec_results", "entropy", "PeerWorld", "gossip_round",
+__all__ = ["Block", "read_blocks", "codec_results", "entropy", "probe_ratio", "PeerWorld", "gossip_round",
            "NodeSimulator", "CODECS", "default_source"]
 
 CODECS = {
@@ -78,6 +78,12 @@ def entropy(data: bytes, sample: int = 4096) -> float:
     counts = np.bincount(np.frombuffer(data[:sample], dtype=np.uint8), minlength=256)
     p = counts[counts > 0] / max(counts.sum(), 1)
     return float(-(p * np.log2(p)).sum())
+
+
+def probe_ratio(data: bytes, sample: int = 4096) -> float:
+    """lz4-compressed size over size of the block's first ``sample`` bytes: a cheap probe."""
+    head = data[:sample]
+    return round(len(cramjam.lz4.compress_block(head)) / max(len(head), 1), 4) if head else 1.0
 
 
 def codec_results(data: bytes) -> list[dict]:
@@ -187,7 +193,7 @@ class NodeSimulator:
                    "compression_algorithm": best["algorithm"],
                    "compression_ratio": max(best["compressed_size"], 1) / max(b.size, 1),
                    "parent_count": 1, "entropy": round(entropy(b.data), 4),
-                   "codec_results": results}
+                   "probe_ratio": probe_ratio(b.data), "codec_results": results}
             yield {"event_type": "block_fingerprint", "node_id": node, "ts": ts,
                    "block_hash": b.block_hash, "minhash": block_minhash(b.data)}
 

@@ -81,6 +81,7 @@ class BlockStored(Event, tag="block_stored"):
     compression_ratio: Annotated[float, Meta(gt=0, le=1000)]
     parent_count: Count | None = None
     entropy: Annotated[float, Meta(ge=0, le=8)] | None = None
+    probe_ratio: Annotated[float, Meta(gt=0, le=16)] | None = None
     codec_results: Annotated[list[CodecResult], Meta(max_length=16)] | None = None
 
 

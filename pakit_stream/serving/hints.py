@@ -59,6 +59,7 @@ class CompressionHintRequest(Struct, forbid_unknown_fields=True):
     block_depth: Annotated[int, Meta(ge=0, le=1_000_000)] = 0
     entropy: Annotated[float, Meta(ge=0, le=8)] | None = None
     parent_count: Annotated[int, Meta(ge=0)] | None = None
+    probe_ratio: Annotated[float, Meta(gt=0, le=16)] | None = None
     node_id: Identifier | None = None
 
 
@@ -140,7 +141,7 @@ class HintService:
         return {"block_hash": block_hash, "similar": similar, "source": source}
 
     def compression(self, body: bytes) -> dict:
-        """``{block_size, block_depth, entropy?, parent_count?}`` →
+        """``{block_size, block_depth?, entropy?, parent_count?, probe_ratio?}`` →
         ``{algorithm, confidence, model_version, source}``; before any model: zstd above
         100 kB, else lz4."""
         started = time.perf_counter()
@@ -150,7 +151,8 @@ class HintService:
             answer = {"algorithm": heuristic_codec(req.block_size), "confidence": None,
                       "model_version": None, "source": "fallback"}
         else:
-            x = codec_features(req.block_size, req.block_depth, req.entropy, req.parent_count)
+            x = codec_features(req.block_size, req.block_depth, req.entropy, req.parent_count,
+                               req.probe_ratio)
             answer = {**model.predict(x), "source": "learned"}
         self._done("compression", answer["source"], started)
         return answer
