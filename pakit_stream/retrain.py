@@ -44,7 +44,7 @@ MODELS = {CODEC_MODEL: (ServedCodecModel, "codec_model"),
 class Retrainer:
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self.settings, self.pipeline = settings, pipeline
-        self.registry = ModelRegistry(settings.data_dir / "registry")
+        self.registry = ModelRegistry(settings.data_dir)  # models/<name>/<version>/
         self.metrics = pipeline.metrics
         self.started = time.time()
         self.last_run: dict[str, float] = {}

@@ -2,6 +2,8 @@
 
 import json
 import random
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -78,7 +80,7 @@ def test_daemon_retrains_swaps_rolls_back_and_refuses_a_corrupt_model(producer, 
     assert f'pakit_stream_model_serving_info{{model="compression_predictor",version="{v3}"}} 1.0' in metrics
 
     assert admin(daemon, "rollback", token="wrong")[0] == 403
-    path = tmp_path / "store" / "registry" / "compression_predictor" / v2 / "model.safetensors"
+    path = tmp_path / "store" / "compression_predictor" / v2 / "model.safetensors"
     good = path.read_bytes()
     path.write_bytes(good[:-10] + b"0123456789")
     status, body = admin(daemon, "rollback")
@@ -88,6 +90,10 @@ def test_daemon_retrains_swaps_rolls_back_and_refuses_a_corrupt_model(producer, 
     status, body = admin(daemon, "rollback")
     assert status == 200 and body["serving"] == v2
     assert hint(daemon, 7.5)["model_version"] == v2
+    listing = subprocess.run([sys.executable, "-m", "pakit_stream", "models", "list", "--data-dir",
+                              str(tmp_path / "store")], capture_output=True, text=True, check=True)
+    starred = [line.split() for line in listing.stdout.splitlines() if line.startswith("*")]
+    assert starred == [["*", "compression_predictor", v2, "serving", starred[0][-1]]]
 
     # a deliberately worse candidate, trained elsewhere on the labels backwards, is put to the
     # daemon's gate: it loses on the daemon's held-out window, is rejected and kept
@@ -105,7 +111,7 @@ def test_daemon_retrains_swaps_rolls_back_and_refuses_a_corrupt_model(producer, 
     worse = CompressionPredictor()
     ModelTrainer(TrainingConfig(num_epochs=15, learning_rate=0.01)).train(
         worse, *backwards.split(0.8, 0.2, 0.0)[:2])
-    store = ModelRegistry(tmp_path / "store" / "registry")
+    store = ModelRegistry(tmp_path / "store")
     bad = store.register("compression_predictor", worse, {"accuracy": 0.0})
     status, body = admin(daemon, f"gate/{bad}?min_gain=0")
     assert status == 200 and body["outcome"] == "rejected"
