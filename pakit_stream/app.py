@@ -173,9 +173,15 @@ def _add_views(app: faust.App, hints: HintService, retrainer: Retrainer,
                admin_token: str | None) -> None:
     registry = hints.pipeline.metrics.registry
 
-    def authorized(request: Request) -> bool:
+    def refused(view: View, request: Request, name: str) -> Response | None:
+        """The error response for an unauthorised request or an unknown model, else None."""
         given = request.headers.get("Authorization", "")
-        return bool(admin_token) and hmac.compare_digest(given, f"Bearer {admin_token}")
+        if not (admin_token and hmac.compare_digest(given, f"Bearer {admin_token}")):
+            return view.json({"error": "admin endpoints need the bearer token of "
+                                       "PAKIT_STREAM_ADMIN_TOKEN"}, status=403)
+        if name not in MODELS:
+            return view.json({"error": f"unknown model {name}"}, status=404)
+        return None
 
     def answer(view: View, call, *args) -> Response:
         try:
@@ -217,11 +223,8 @@ def _add_views(app: faust.App, hints: HintService, retrainer: Retrainer,
     @app.page("/v1/admin/models/{name}/gate/{version}")
     class AdminGate(View):
         async def post(self, request: Request, name: str, version: str) -> Response:
-            if not authorized(request):
-                return self.json({"error": "admin endpoints need the bearer token of "
-                                           "PAKIT_STREAM_ADMIN_TOKEN"}, status=403)
-            if name not in MODELS:
-                return self.json({"error": f"unknown model {name}"}, status=404)
+            if (error := refused(self, request, name)) is not None:
+                return error
             try:
                 gain = request.query.get("min_gain")
                 return self.json(retrainer.gate_candidate(
@@ -232,12 +235,10 @@ def _add_views(app: faust.App, hints: HintService, retrainer: Retrainer,
     @app.page("/v1/admin/models/{name}/{action}")
     class Admin(View):
         async def post(self, request: Request, name: str, action: str) -> Response:
-            if not authorized(request):
-                return self.json({"error": "admin endpoints need the bearer token of "
-                                           "PAKIT_STREAM_ADMIN_TOKEN"}, status=403)
-            if name not in MODELS or action not in ("rollback", "retrain"):
-                return self.json({"error": f"unknown model or action: {name}/{action}"},
-                                 status=404)
+            if (error := refused(self, request, name)) is not None:
+                return error
+            if action not in ("rollback", "retrain"):
+                return self.json({"error": f"unknown action {action}"}, status=404)
             if action == "retrain":
                 return self.json(await retrainer.retrain("admin", name))
             try:

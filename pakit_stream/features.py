@@ -53,15 +53,10 @@ class FeatureExtractor:
                                ) -> dict[str, float]:
         """Features of a stored block. ``compression_ratio`` describes how the block *did*
         compress; it is kept for the guide's analyses and is no input of the codec predictor."""
-        return {
-            "size_log2": math.log2(block_size + 1),
-            "depth": float(block_depth),
-            "parent_count": float(parent_count or 0),
-            "entropy": float(entropy) if entropy is not None else 0.0,
-            "entropy_known": 1.0 if entropy is not None else 0.0,
-            "compression_ratio": float(compression_ratio),
-            "access_count_log2": math.log2(access_count + 1),
-        }
+        x = codec_features(block_size, block_depth, entropy, parent_count)
+        x["compression_ratio"] = float(compression_ratio)
+        x["access_count_log2"] = math.log2(access_count + 1)
+        return x
 
     def extract_access_pattern_features(self, block_hash: str,
                                         access_history: Sequence[Any]) -> dict[str, float]:

@@ -8,7 +8,6 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
 
 from . import events as ev
 

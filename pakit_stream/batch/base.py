@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pakit_stream.base_model import ModelConfig
 from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.modelfile import read_model_file
 
 __all__ = ["BatchModel", "resolve_device"]
 
@@ -79,14 +79,7 @@ class BatchModel:
     def load(self, path: str | Path):
         """Restore weights and description from ``path``; returns ``self``. A file that is not
         a readable safetensors file of this model kind raises :class:`ModelLoadError`."""
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["pakit"])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: not a readable model file ({exc})") from exc
-        if meta.get("kind") != type(self).__name__:
-            raise ModelLoadError(f"{path}: holds a {meta.get('kind')}, not a {type(self).__name__}")
+        meta, tensors = read_model_file(path, type(self).__name__, framework="pt")
         try:
             self._rebuild(meta)
             self.net.load_state_dict(tensors, strict=True)

@@ -8,15 +8,14 @@ so torch never enters the event loop. Dropout is off at inference, so the answer
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
 
 from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.modelfile import read_model_file
 
 __all__ = ["ServedCodecModel", "heuristic_codec"]
 
@@ -28,14 +27,7 @@ def heuristic_codec(block_size: int) -> str:
 
 class ServedCodecModel:
     def __init__(self, path: str | Path) -> None:
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = json.loads((f.metadata() or {})["pakit"])
-                w = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: not a readable model file ({exc})") from exc
-        if meta.get("kind") != "CompressionPredictor":
-            raise ModelLoadError(f"{path}: holds a {meta.get('kind')}, not a CompressionPredictor")
+        meta, w = read_model_file(path, "CompressionPredictor")
         self.version: str | None = meta.get("version")
         self.feature_names: list[str] = meta["feature_names"]
         self.classes: list[str] = meta["classes"]

@@ -6,14 +6,13 @@ PyTorch's GRU (gates r, z, n in that order) written out, so torch never enters t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
 
 from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.modelfile import read_model_file
 
 __all__ = ["ServedPrefetchModel"]
 
@@ -24,14 +23,7 @@ def _sigmoid(x):
 
 class ServedPrefetchModel:
     def __init__(self, path: str | Path) -> None:
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = json.loads((f.metadata() or {})["pakit"])
-                w = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: not a readable model file ({exc})") from exc
-        if meta.get("kind") != "PrefetchEngine":
-            raise ModelLoadError(f"{path}: holds a {meta.get('kind')}, not a PrefetchEngine")
+        meta, w = read_model_file(path, "PrefetchEngine")
         self.version = meta.get("version")
         self.vocab: list[str] = meta["vocab"]
         self.index = {b: i for i, b in enumerate(self.vocab) if i}
