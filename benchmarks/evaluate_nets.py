@@ -38,6 +38,7 @@ from pakit_stream.features import FeatureExtractor
 from pakit_stream.learners.successors import SuccessorTable
 from pakit_stream.simulate import codec_results, entropy, probe_ratio
 from pakit_stream.training import ModelEvaluator, ModelTrainer, TrainingConfig, TrainingDataset
+from pakit_stream.training.evaluator import hit_ratio_at
 
 HERE = Path(__file__).resolve().parent
 SIZES = (4096, 16384, 65536, 262144, 1048576)
@@ -177,8 +178,7 @@ def evaluate_prefetch(path: Path, max_test: int = 20_000) -> dict:
                           ("pakit-stream", gru_predict)):
         row = {}
         if predict is not None:
-            hits = sum(test[t] in predict(test[max(0, t - 8):t], 5) for t in range(1, len(test)))
-            row["hit_at_5"] = hits / (len(test) - 1)
+            row["hit_at_5"] = hit_ratio_at(predict, [test])
         for label, capacity in sizes.items():
             row[f"hit_ratio_cache_{label}"] = cache_hit_ratio(test, capacity, predict)
         out["results"][name] = row

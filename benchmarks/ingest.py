@@ -126,8 +126,30 @@ def bench_in_memory(msgs: list[tuple[str, bytes, int]]) -> dict:
     for offset, (topic, value, _) in enumerate(msgs):
         full.handle(topic, 0, offset, value)
     handle_s = time.perf_counter() - t0
+    # once a codec model serves, every labelled stored block is scored online before learning
+    scored = Pipeline(settings, Metrics())
+    scored.codec_model = _served_codec_model(learners)
+    t0 = time.perf_counter()
+    for topic, events in decoded:
+        scored.apply(topic, events)
+    scored_s = time.perf_counter() - t0
     return {"events": n, "learners_only_events_per_s": n / learners_s,
-            "decode_and_learners_events_per_s": n / handle_s}
+            "decode_and_learners_events_per_s": n / handle_s,
+            "learners_with_codec_model_serving_events_per_s": n / scored_s}
+
+
+def _served_codec_model(trained_on: Pipeline):
+    """A codec model trained on the run's own labelled window, as the daemon would serve it."""
+    from pakit_stream.batch.compression import CompressionPredictor
+    from pakit_stream.serving.codec import ServedCodecModel
+    from pakit_stream.training import ModelTrainer, TrainingConfig, TrainingDataset
+
+    data = TrainingDataset(list(trained_on.codec_window)[:5000])
+    model = CompressionPredictor()
+    ModelTrainer(TrainingConfig(num_epochs=3)).train(model, *data.split(0.8, 0.2, 0.0)[:2])
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "codec.safetensors")
+        return ServedCodecModel(Path(tmp) / "codec.safetensors")
 
 
 def bench_pipeline(bootstrap: str, msgs, data_dir: Path, loop: str) -> dict:
@@ -198,6 +220,8 @@ def main() -> None:
     memory = bench_in_memory(msgs)
     print(f"learners only (in memory):   {memory['learners_only_events_per_s']:>10,.0f} events/s")
     print(f"decode + learners (memory):  {memory['decode_and_learners_events_per_s']:>10,.0f} events/s")
+    print(f"learners, codec model serving: "
+          f"{memory['learners_with_codec_model_serving_events_per_s']:>8,.0f} events/s")
     loops = {}
     for loop in ("aio", "uvloop"):  # a fresh broker each, so both drain the same backlog
         with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:

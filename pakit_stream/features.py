@@ -17,10 +17,7 @@ from typing import Any
 
 from pakit_stream.events.schema import Event
 
-__all__ = ["FeatureExtractor", "BLOCK_FEATURES", "codec_features"]
-
-BLOCK_FEATURES = ("size_log2", "depth", "parent_count", "entropy", "entropy_known")
-
+__all__ = ["FeatureExtractor", "codec_features"]
 
 def _get(event: Any, name: str, default=None):
     if isinstance(event, Mapping):

@@ -18,9 +18,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-__all__ = ["Metrics", "OUTCOMES"]
+__all__ = ["Metrics"]
 
-OUTCOMES = ("ok", "invalid", "privacy", "error")
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 

@@ -96,7 +96,7 @@ class ModelRegistry:
         meta.update(status=status, **extra)
         write_atomic(self.root / name / version / "metadata.json", json.dumps(meta, indent=2).encode())
 
-    def _verified_file(self, name: str, version: str) -> Path:
+    def verified_file(self, name: str, version: str) -> Path:
         meta = self.metadata(name, version)
         path = self.root / name / version / _MODEL_FILE
         if not path.exists() or _sha256(path) != meta["sha256"]:
@@ -106,7 +106,7 @@ class ModelRegistry:
 
     def promote(self, name: str, version: str) -> None:
         """Make ``version`` the serving one (after checking its file is intact)."""
-        self._verified_file(name, version)
+        self.verified_file(name, version)
         pointer = self._pointer(name)
         if pointer["version"] == version:
             return
@@ -117,8 +117,8 @@ class ModelRegistry:
         write_atomic(self.root / name / "SERVING.json", json.dumps(pointer).encode())
         self._set_status(name, version, "serving", promoted=time.time())
 
-    def reject(self, name: str, version: str, reason: str) -> None:
-        self._set_status(name, version, "rejected", reason=reason)
+    def reject(self, name: str, version: str, reason: str, **extra) -> None:
+        self._set_status(name, version, "rejected", reason=reason, **extra)
 
     def rollback(self, name: str) -> str:
         """Serve the previously served version again; returns it."""
@@ -126,7 +126,7 @@ class ModelRegistry:
         if not pointer["history"]:
             raise ValueError(f"{name}: no earlier version to roll back to")
         previous = pointer["history"].pop()
-        self._verified_file(name, previous)
+        self.verified_file(name, previous)
         current = pointer["version"]
         pointer["version"] = previous
         write_atomic(self.root / name / "SERVING.json", json.dumps(pointer).encode())
@@ -140,7 +140,7 @@ class ModelRegistry:
         version = version or self.serving(name)
         if version is None:
             raise ModelLoadError(f"{name}: no serving version")
-        return model.load(self._verified_file(name, version))
+        return model.load(self.verified_file(name, version))
 
     # the gate ------------------------------------------------------------------------------
     def gate(self, name: str, candidate_version: str, model_factory: Callable[[], Any],
@@ -158,16 +158,16 @@ class ModelRegistry:
                 log.exception("serving %s %s unreadable; the candidate is judged alone",
                               name, serving_version)
         accepted = serving_score is None or cand_score > serving_score + min_gain
+        verdict = {"gate": {"candidate_score": cand_score, "serving_score": serving_score,
+                            "serving_version": serving_version}}
         if accepted:
             self.promote(name, candidate_version)
+            self._set_status(name, candidate_version, "serving", **verdict)
             reason = "no serving version" if serving_score is None else "beats the serving version"
         else:
             reason = (f"held-out score {cand_score:.4f} does not beat serving "
                       f"{serving_score:.4f} + {min_gain}")
-            self.reject(name, candidate_version, reason)
-        self._set_status(name, candidate_version, "serving" if accepted else "rejected",
-                         gate={"candidate_score": cand_score, "serving_score": serving_score,
-                               "serving_version": serving_version})
+            self.reject(name, candidate_version, reason, **verdict)
         return GateResult(accepted=accepted, candidate=candidate_version, serving=serving_version,
                           candidate_score=cand_score, serving_score=serving_score, reason=reason)
 

@@ -30,6 +30,7 @@ from pakit_stream.registry import ModelRegistry
 from pakit_stream.serving.codec import ServedCodecModel
 from pakit_stream.serving.prefetch import ServedPrefetchModel
 from pakit_stream.settings import Settings
+from pakit_stream.training.evaluator import hit_ratio_at
 
 __all__ = ["Retrainer", "CODEC_MODEL", "PREFETCH_MODEL", "MODELS"]
 
@@ -57,7 +58,7 @@ class Retrainer:
             return False
         served_class, attribute = MODELS[name]
         try:
-            model = served_class(self.registry._verified_file(name, version))
+            model = served_class(self.registry.verified_file(name, version))
         except ModelLoadError:
             log.exception("serving %s %s refused; keeping the current model", name, version)
             return False
@@ -92,26 +93,31 @@ class Retrainer:
         async with self._lock:
             return await self._retrain(reason, name)
 
-    async def _retrain(self, reason: str, name: str) -> dict[str, Any]:
-        p, s, m = self.pipeline, self.settings, self.metrics
-        frac = s.retrain_holdout_fraction
+    def split(self, name: str) -> tuple[list, list, int]:
+        """``(train, holdout, window size)``: the newest ``retrain_holdout_fraction`` of the
+        window is held out (for reads: the newest part of each node's sequence)."""
+        p, keep = self.pipeline, 1 - self.settings.retrain_holdout_fraction
         if name == CODEC_MODEL:
             window = list(p.codec_window)
-            cut = int(len(window) * (1 - frac))
-            train, holdout = window[:cut], window[cut:]
+            cut = int(len(window) * keep)
+            return window[:cut], window[cut:], len(window)
+        sequences: dict[str, list[str]] = {}
+        for node, block in p.access_window:
+            sequences.setdefault(node, []).append(block)
+        cuts = [(seq, int(len(seq) * keep)) for seq in sequences.values()]
+        return [s[:c] for s, c in cuts], [s[c:] for s, c in cuts], len(p.access_window)
+
+    async def _retrain(self, reason: str, name: str) -> dict[str, Any]:
+        p, s = self.pipeline, self.settings
+        train, holdout, size = self.split(name)
+        if name == CODEC_MODEL:
             p.codec_new, p.codec_drift = 0, False
         else:
-            sequences: dict[str, list[str]] = {}
-            for node, block in p.access_window:
-                sequences.setdefault(node, []).append(block)
-            window = list(p.access_window)
-            train = [seq[:int(len(seq) * (1 - frac))] for seq in sequences.values()]
-            holdout = [seq[int(len(seq) * (1 - frac)):] for seq in sequences.values()]
             p.prefetch_new = 0
         job = {"name": name, "store": str(self.registry.root), "train": train,
                "holdout": holdout, "threads": s.retrain_threads, "epochs": 30,
                "min_gain": s.retrain_min_gain, "max_vocab": s.prefetch_max_vocab,
-               "window": {"samples": len(window), "reason": reason, "ended": time.time()}}
+               "window": {"samples": size, "reason": reason, "ended": time.time()}}
         self.last_run[name] = time.time()
         started = time.perf_counter()
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -131,15 +137,20 @@ class Retrainer:
         if proc.returncode != 0:
             return self._failed(name, started, err.decode(errors="replace")[-500:])
         result = json.loads(out.decode().strip().splitlines()[-1])
+        self.metrics.retrain_samples.labels(model=name).set(result["samples"])
+        log.info("retrain of %s (%s): %s", name, reason, result["reason"])
+        return self._judged(name, result, started)
+
+    def _judged(self, name: str, result: dict[str, Any], started: float) -> dict[str, Any]:
+        """Count a gate's verdict and swap an accepted version in."""
+        m = self.metrics
         outcome = "accepted" if result["accepted"] else "rejected"
         m.retrains.labels(model=name, outcome=outcome).inc()
         m.retrain_seconds.labels(model=name).observe(time.perf_counter() - started)
-        m.retrain_samples.labels(model=name).set(result["samples"])
         if result["accepted"]:
             self.load_serving(name)
             if name == PREFETCH_MODEL:
                 m.prefetch_holdout.set(result["candidate_score"])
-        log.info("retrain of %s (%s): %s, %s", name, reason, outcome, result["reason"])
         return {"outcome": outcome, **result}
 
     def _failed(self, name: str, started: float, why: str) -> dict[str, Any]:
@@ -148,23 +159,11 @@ class Retrainer:
         self.metrics.retrain_seconds.labels(model=name).observe(time.perf_counter() - started)
         return {"outcome": "failed", "reason": why}
 
-    def holdout(self, name: str):
-        """The newest ``retrain_holdout_fraction`` of the window: the gate's held-out data."""
-        p, frac = self.pipeline, self.settings.retrain_holdout_fraction
-        if name == CODEC_MODEL:
-            window = list(p.codec_window)
-            return window[int(len(window) * (1 - frac)):]
-        sequences: dict[str, list[str]] = {}
-        for node, block in p.access_window:
-            sequences.setdefault(node, []).append(block)
-        return [seq[int(len(seq) * (1 - frac)):] for seq in sequences.values()]
-
     def served_score(self, name: str, model, holdout) -> float:
-        if name == CODEC_MODEL:
-            hits = [model.predict(x)["algorithm"] == label for x, label in holdout]
-        else:
-            hits = [seq[t] in model.predict(seq[max(0, t - 8):t], 5)
-                    for seq in holdout for t in range(1, len(seq))]
+        """The gate's score of a served model: codec accuracy, or prefetch hit ratio at 5."""
+        if name == PREFETCH_MODEL:
+            return hit_ratio_at(model.predict, holdout)
+        hits = [model.predict(x)["algorithm"] == label for x, label in holdout]
         return sum(hits) / len(hits) if hits else 0.0
 
     def gate_candidate(self, name: str, version: str,
@@ -173,8 +172,8 @@ class Retrainer:
         daemon's held-out window, with the served (numpy) models; promote and swap it in, or
         reject it (it is kept for inspection)."""
         served_class, _ = MODELS[name]
-        holdout = self.holdout(name)
-        if not holdout:
+        _, holdout, _ = self.split(name)
+        if not holdout or not any(holdout):
             raise ValueError(f"{name}: no recent data to judge a candidate on")
 
         class Served:  # what the registry's gate loads each version into
@@ -182,15 +181,12 @@ class Retrainer:
             def load(path):
                 return served_class(path)
 
+        started = time.perf_counter()
         result = self.registry.gate(name, version, Served,
                                     lambda model: self.served_score(name, model, holdout),
                                     min_gain=self.settings.retrain_min_gain
                                     if min_gain is None else min_gain)
-        outcome = "accepted" if result["accepted"] else "rejected"
-        self.metrics.retrains.labels(model=name, outcome=outcome).inc()
-        if result["accepted"]:
-            self.load_serving(name)
-        return {"outcome": outcome, **result}
+        return self._judged(name, result, started)
 
     def rollback(self, name: str = CODEC_MODEL) -> str:
         version = self.registry.rollback(name)

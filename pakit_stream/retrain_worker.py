@@ -14,21 +14,12 @@ import time
 from pathlib import Path
 
 
-def hit_ratio_at(model, holdout: list[list[str]], k: int = 5, context: int = 8) -> float:
-    """Share of held-out transitions whose next block is among the model's top ``k``."""
-    hits = total = 0
-    for seq in holdout:
-        for t in range(1, len(seq)):
-            total += 1
-            hits += seq[t] in model.predict({"recent_accesses": seq[max(0, t - context):t], "k": k})
-    return hits / total if total else 0.0
-
-
 def run(job: dict) -> dict:
     import torch
 
     from pakit_stream.registry import ModelRegistry
     from pakit_stream.training import ModelEvaluator, ModelTrainer, TrainingConfig, TrainingDataset
+    from pakit_stream.training.evaluator import hit_ratio_at
 
     torch.set_num_threads(job["threads"])
     started = time.perf_counter()
@@ -59,7 +50,8 @@ def run(job: dict) -> dict:
         samples = int(metrics["samples"])
 
         def score(candidate) -> float:
-            return hit_ratio_at(candidate, job["holdout"])
+            return hit_ratio_at(lambda recent, k: candidate.predict(
+                {"recent_accesses": recent, "k": k}), job["holdout"])
     else:
         raise SystemExit(f"unknown model {job['name']!r}")
     version = store.register(job["name"], model, metrics, window=job["window"])

@@ -73,13 +73,19 @@ def test_metadata_records_the_run(store):
     assert meta["metrics"]["accuracy"] == metrics["accuracy"]
 
 
+def two_served(store, promote_second=True):
+    """Version a promoted, then version b registered (and promoted, unless told otherwise)."""
+    versions = []
+    for seed in (1, 4):
+        model, metrics = trained(seed, epochs=3)
+        versions.append(store.register("compression_predictor", model, metrics))
+        if seed == 1 or promote_second:
+            store.promote("compression_predictor", versions[-1])
+    return versions
+
+
 def test_rollback_restores_the_previous_version(store):
-    a, m = trained(1, epochs=3)
-    b, n = trained(4, epochs=3)
-    va = store.register("compression_predictor", a, m)
-    store.promote("compression_predictor", va)
-    vb = store.register("compression_predictor", b, n)
-    store.promote("compression_predictor", vb)
+    va, vb = two_served(store)
     assert store.rollback("compression_predictor") == va
     assert store.serving("compression_predictor") == va
     assert store.metadata("compression_predictor", vb)["status"] == "rolled_back"
@@ -88,11 +94,7 @@ def test_rollback_restores_the_previous_version(store):
 
 
 def test_tampered_model_is_refused_and_serving_stays(store):
-    a, m = trained(1, epochs=3)
-    va = store.register("compression_predictor", a, m)
-    store.promote("compression_predictor", va)
-    b, n = trained(4, epochs=3)
-    vb = store.register("compression_predictor", b, n)
+    va, vb = two_served(store, promote_second=False)
     path = store.root / "compression_predictor" / vb / "model.safetensors"
     blob = bytearray(path.read_bytes())
     blob[-3] ^= 0xFF
@@ -106,12 +108,7 @@ def test_tampered_model_is_refused_and_serving_stays(store):
 
 
 def test_cli_lists_versions_and_rolls_back(store):
-    a, m = trained(1, epochs=3)
-    b, n = trained(4, epochs=3)
-    va = store.register("compression_predictor", a, m)
-    store.promote("compression_predictor", va)
-    vb = store.register("compression_predictor", b, n)
-    store.promote("compression_predictor", vb)
+    va, vb = two_served(store)
     cli = [sys.executable, "-m", "pakit_stream", "models"]
     listing = subprocess.run(cli + ["list", "--data-dir", str(store.root)], capture_output=True,
                              text=True, check=True).stdout

@@ -110,7 +110,8 @@ class EventDecoder:
         try:
             probe = self._raw_envelope.decode(value)
         except msgspec.ValidationError as exc:  # valid JSON, wrong shape
-            return Decoded(rejects=[Rejected(value, *_flip(classify_error(str(exc))))])
+            kind, reason = classify_error(str(exc))
+            return Decoded(rejects=[Rejected(value, reason, kind)])
         except msgspec.DecodeError as exc:
             return Decoded(rejects=[Rejected(value, f"malformed JSON: {exc}", "invalid")])
         if probe.events is None:  # a single event, the way foreign producers send them
@@ -136,7 +137,3 @@ class EventDecoder:
             kind, reason = classify_error(str(exc))
             return Rejected(raw, reason, kind, index)
 
-
-def _flip(kind_reason: tuple[str, str]) -> tuple[str, str]:
-    kind, reason = kind_reason
-    return reason, kind

@@ -8,14 +8,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from pakit_stream.training.config import TrainingConfig
 
-__all__ = ["ModelEvaluator", "classification_metrics"]
+__all__ = ["ModelEvaluator", "classification_metrics", "hit_ratio_at"]
 
 
 def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any],
@@ -47,6 +47,22 @@ def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any],
         "per_class": per_class,
         "samples": n,
     }
+
+
+def hit_ratio_at(predict: Callable[[list[str], int], Sequence[str]],
+                 sequences: Sequence[Sequence[str]], k: int = 5, context: int = 8) -> float:
+    """Share of transitions whose next block is among ``predict(recent, k)``, where ``recent``
+    is at most ``context`` blocks before it: hit ratio at k (precision at k is a k-th of it).
+
+    >>> hit_ratio_at(lambda recent, k: [recent[-1] + "'"], [["a", "a'", "b"]], k=1)
+    0.5
+    """
+    hits = total = 0
+    for seq in sequences:
+        for t in range(1, len(seq)):
+            total += 1
+            hits += seq[t] in predict(list(seq[max(0, t - context):t]), k)
+    return hits / total if total else 0.0
 
 
 class ModelEvaluator:
