@@ -9,6 +9,8 @@ the checkpoint's offset, so Faust's own committed offsets never decide where rep
 
 from __future__ import annotations
 
+import asyncio
+
 import hashlib
 import hmac
 import logging
@@ -113,6 +115,9 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                     pipeline.offsets[f"{topic_name}/{message.partition}"] = message.offset + 1
                 if rejects:
                     await to_dlq(rejects, message)
+                # a buffered stream never suspends by itself: yield once per message, so the
+                # hints and timers waiting on the loop are served between two messages
+                await asyncio.sleep(0)
 
         consume.__name__ = consume.__qualname__ = "agent_" + topic_name.replace(".", "_")
         return consume

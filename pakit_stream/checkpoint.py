@@ -5,6 +5,10 @@ messages it covers are flushed; only then is the file written (off the event loo
 into place. On start the daemon restores the newest checkpoint and seeks each partition to the
 offset saved with it, so a crash replays at most one checkpoint interval and loses nothing the
 broker acknowledged.
+
+Taking the snapshot blocks the event loop (hints wait) for as long as pickling the learners
+takes, so a tick at which no message was handled since the last write skips it: the file on
+disk already is the state (outcome ``unchanged``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class CheckpointStore:
         self.path = Path(data_dir) / "checkpoints" / f"{name}.ckpt"
         self.key = key
         self._lock = asyncio.Lock()
+        self._written: tuple | None = None  # the offsets the file on disk reflects
 
     def load(self) -> dict[str, Any] | None:
         """The saved snapshot, or ``None`` if there is none; a bad file raises ModelLoadError."""
@@ -63,9 +68,15 @@ class CheckpointStore:
         if self._lock.locked():  # a slow write is still going: skip, the next tick catches up
             return False
         m = pipeline.metrics
+        mark = tuple(sorted(pipeline.offsets.items()))
+        if mark == self._written and self.path.exists():
+            m.checkpoints.labels(outcome="unchanged").inc()
+            m.checkpoint_timestamp.set(time.time())
+            return True
         async with self._lock:
             started = time.perf_counter()
             try:
+                mark = tuple(sorted(pipeline.offsets.items()))  # what this snapshot reflects
                 blob = persist.dumps(pipeline.snapshot(), self.key)
                 if flush is not None:
                     await flush()
@@ -75,6 +86,7 @@ class CheckpointStore:
                 m.checkpoints.labels(outcome="failed").inc()
                 log.exception("checkpoint to %s failed; learner state is still served", self.path)
                 return False
+            self._written = mark
             m.checkpoints.labels(outcome="ok").inc()
             m.checkpoint_seconds.observe(time.perf_counter() - started)
             m.checkpoint_bytes.set(len(blob))

@@ -1,4 +1,4 @@
-"""``pakit-stream``: run the daemon, the broker alone, the demo, a replay, or ask for a hint.
+"""``pakit-stream``: the daemon, its broker, the demo, replay and evaluation of real data, hints.
 
 Every flag of ``run`` is also an environment variable (``PAKIT_STREAM_*``, see
 ``pakit-stream settings``); flags win.
@@ -72,13 +72,130 @@ def cmd_demo(args) -> int:
                     web_port=args.web_port)
 
 
+def replay_source(args):
+    """``(event_type, JSON bytes)`` pairs for ``replay``'s SOURCE, by ``--kind``."""
+    from itertools import islice
+
+    from pakit_stream import replay
+    from pakit_stream.telemetry.publish import encoded, read_jsonl
+
+    if args.kind == "jsonl":
+        return islice(read_jsonl(args.source), args.limit)
+    if args.kind == "files":
+        events = replay.stored_events(args.source, [args.node_id], args.avg_size)
+    elif args.kind == "trace":
+        if not args.format:
+            raise SystemExit("replay --kind trace needs --format "
+                             f"({'|'.join(replay.TRACE_FORMATS)})")
+        ids = replay.read_trace(args.source, args.format, column=args.column, limit=args.limit)
+        events = replay.access_events(ids, args.node_id, args.cache_blocks,
+                                      namespace=args.source.name)
+    else:
+        if not args.unit:
+            raise SystemExit(f"replay --kind {args.kind} needs --unit s|ms")
+        matrix = replay.RttMatrix.load(args.source, args.unit, max_slices=args.max_slices)
+        if args.kind == "peers":
+            events = _peer_events(replay.PeerReplay(matrix, node=args.host, seed=args.seed),
+                                  args.seed)
+        else:
+            from pakit_stream.evaluation.gossip import LOSSES, SIZES
+            from pakit_stream.learners.network import NetworkOptimizer
+
+            opt = NetworkOptimizer()
+            events = replay.GossipReplay(matrix, seed=args.seed).rounds(
+                SIZES, LOSSES, opt.fanouts, opt.ttls, per_slice=10)
+    return encoded(islice(events, args.limit))
+
+
+def _peer_events(peers, seed: int):
+    """Nodes explore uniformly, so every logged fetch serves an unbiased replay evaluation."""
+    import random
+
+    rng = random.Random(seed)
+    for step in peers.steps():
+        peer = rng.choice(step.candidates)
+        yield peers.event(step, peer, *step.fetch(peer))
+
+
 def cmd_replay(args) -> int:
-    from pakit_stream.telemetry.publish import publish_jsonl
+    from pakit_stream.telemetry.publish import publish_events
 
     _logging("warning")
-    sent = publish_jsonl(args.file, args.broker or Settings.from_env().broker,
-                         batch_size=args.batch_size)
+    try:
+        events = replay_source(args)
+        if args.jsonl_out:
+            sent = 0
+            with open(args.jsonl_out, "wb") as f:
+                for _, payload in events:
+                    f.write(payload + b"\n")
+                    sent += 1
+            print(json.dumps({"written": sent, "file": str(args.jsonl_out)}))
+            return 0
+        sent = publish_events(events, args.broker or Settings.from_env().broker,
+                              batch_size=args.batch_size)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps({"published": sent}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from pakit_stream.evaluation import evaluate
+
+    opts = {"seed": args.seed}
+    if args.learner in ("peers", "gossip"):
+        if not args.unit:
+            print(f"error: evaluate {args.learner} needs --unit s|ms", file=sys.stderr)
+            return 2
+        opts.update(unit=args.unit, max_slices=args.max_slices)
+    if args.learner == "prefetch":
+        if not args.format:
+            print("error: evaluate prefetch needs --format oracle-general|lines|csv|u32be",
+                  file=sys.stderr)
+            return 2
+        opts.update(fmt=args.format, column=args.column, max_accesses=args.max_accesses,
+                    max_test=args.max_test, epochs=args.epochs)
+    if args.learner == "compression":
+        opts.update(cpu_bytes_per_us=args.cpu_bytes_per_us, max_bytes=args.max_bytes)
+    if args.learner == "dedup":
+        opts.update(avg_size=args.avg_size, max_blocks=args.max_blocks)
+    if args.learner == "peers":
+        opts.update(nodes=args.nodes, fetches_per_slice=args.fetches_per_slice)
+    if args.learner == "gossip":
+        opts.update(train_rounds=args.train_rounds, reps=args.reps)
+    try:
+        doc = evaluate(args.learner, args.data, args.out, **opts)
+    except ImportError as exc:
+        print(f"error: {exc.name} is missing; evaluation needs pip install 'pakit-stream[eval]'",
+              file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    h, v = doc["headline"], doc["verdict"]
+    print(f"{args.learner}: {h['metric']} ({'higher' if h['higher_is_better'] else 'lower'} is better)")
+    for method, row in doc["results"].items():
+        print(f"  {method:28} {row.get(h['metric'])}")
+    print(f"beats naive baseline ({v['naive_baseline']}): {v['beats_naive']}; "
+          f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
+    return 0
+
+
+def cmd_results(args) -> int:
+    from pakit_stream.evaluation import readme_section, update_readme
+
+    files = [p / "results.json" if p.is_dir() else p for p in args.results]
+    try:
+        section = readme_section(files, args.readme.resolve().parent)
+        if args.readme.exists() and not args.print:
+            update_readme(args.readme, section)
+            print(f"updated the Results section of {args.readme} from {len(files)} results")
+        else:
+            print(section)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -165,11 +282,60 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--web-port", type=int, default=0, help="daemon HTTP port (0: a free one)")
     demo.set_defaults(func=cmd_demo)
 
-    replay = sub.add_parser("replay", help="publish events from a JSONL file, as envelopes")
-    replay.add_argument("file", type=Path)
+    replay = sub.add_parser("replay", help="publish real workloads (or a JSONL file) as telemetry")
+    replay.add_argument("source", type=Path, help="file, directory or archive to replay")
+    replay.add_argument("--kind", default="jsonl",
+                        choices=["jsonl", "files", "trace", "peers", "gossip"],
+                        help="jsonl: events as they are; files: FastCDC blocks, every codec "
+                             "measured; trace: an access trace (--format); peers / gossip: an "
+                             "RTT matrix (--unit)")
+    replay.add_argument("--format", choices=["oracle-general", "lines", "csv", "u32be"],
+                        help="trace format (--kind trace)")
+    replay.add_argument("--column", default="lbn", help="block-number column of a CSV trace")
+    replay.add_argument("--unit", choices=["s", "ms"], help="RTT unit (--kind peers|gossip)")
+    replay.add_argument("--avg-size", type=int, default=16384, help="average chunk size (files)")
+    replay.add_argument("--cache-blocks", type=int, default=1024, help="LRU size for cache_hit (trace)")
+    replay.add_argument("--node-id", default="node-0")
+    replay.add_argument("--host", type=int, default=0, help="requesting host (peers)")
+    replay.add_argument("--max-slices", type=int, help="first RTT slices only")
+    replay.add_argument("--limit", type=int, help="at most this many events")
+    replay.add_argument("--seed", type=int, default=0)
     replay.add_argument("--broker", help="Kafka HOST:PORT [PAKIT_STREAM_BROKER]")
-    replay.add_argument("--batch-size", type=int, default=500)
+    replay.add_argument("--batch-size", type=int, default=500, help="events per envelope")
+    replay.add_argument("--jsonl-out", type=Path, help="write the events to a JSONL file instead")
     replay.set_defaults(func=cmd_replay)
+
+    ev = sub.add_parser("evaluate", help="a learner on real data against its baselines")
+    ev.add_argument("learner", choices=["compression", "prefetch", "peers", "gossip", "dedup"])
+    ev.add_argument("--data", type=Path, nargs="+", required=True,
+                    help="directories of files (compression, dedup), traces (prefetch), an RTT "
+                         "directory or .tar.xz (peers, gossip)")
+    ev.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md, plots")
+    ev.add_argument("--format", choices=["oracle-general", "lines", "csv", "u32be"],
+                    help="trace format (prefetch)")
+    ev.add_argument("--column", default="lbn", help="block-number column of CSV traces")
+    ev.add_argument("--unit", choices=["s", "ms"], help="RTT unit (peers, gossip)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--cpu-bytes-per-us", type=float, default=1.0,
+                    help="compression: price of a CPU µs in bytes (the cost's λ)")
+    ev.add_argument("--max-bytes", type=int, help="compression: bytes read per chunk size")
+    ev.add_argument("--max-accesses", type=int, default=200_000, help="prefetch: accesses read per trace")
+    ev.add_argument("--max-test", type=int, default=50_000, help="prefetch: test accesses per trace")
+    ev.add_argument("--epochs", type=int, default=8, help="prefetch: GRU epochs")
+    ev.add_argument("--nodes", type=int, default=8, help="peers: requesting hosts")
+    ev.add_argument("--fetches-per-slice", type=int, default=20, help="peers: fetches per slice")
+    ev.add_argument("--max-slices", type=int, help="peers, gossip: first RTT slices only")
+    ev.add_argument("--train-rounds", type=int, default=40_000, help="gossip: logged broadcasts")
+    ev.add_argument("--reps", type=int, default=30, help="gossip: test broadcasts per scenario")
+    ev.add_argument("--avg-size", type=int, default=16384, help="dedup: average chunk size")
+    ev.add_argument("--max-blocks", type=int, default=4000, help="dedup: distinct blocks compared")
+    ev.set_defaults(func=cmd_evaluate)
+
+    res = sub.add_parser("results", help="regenerate the README's Results section")
+    res.add_argument("results", type=Path, nargs="+", help="results.json files or their folders")
+    res.add_argument("--readme", type=Path, default=Path("README.md"))
+    res.add_argument("--print", action="store_true", help="print the section, change nothing")
+    res.set_defaults(func=cmd_results)
 
     hint = sub.add_parser("hint", help="ask a running daemon for a hint")
     hint.add_argument("kind", choices=["peer", "network", "similar"])

@@ -81,6 +81,7 @@ class Pipeline:
                                   max_peers=s.bandit_max_peers)
         self.network = NetworkOptimizer(message_cost=s.gossip_message_cost,
                                         coverage_target=s.gossip_coverage_target,
+                                        miss_penalty=s.gossip_miss_penalty,
                                         epsilon=s.gossip_epsilon)
         self.dedup = DeduplicationOptimizer(threshold=s.lsh_threshold, capacity=s.lsh_capacity)
         self.successors = SuccessorTable(capacity=s.successor_capacity)

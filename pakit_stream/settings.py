@@ -80,7 +80,11 @@ class Settings:
         0.01, "Reward lost per gossip message per node (see learners/network.py for the reward)."
     )
     gossip_coverage_target: float = _setting(
-        0.995, "Coverage a gossip round should reach; each unit short costs one more unit."
+        0.995, "Coverage a gossip round should reach (see gossip_miss_penalty)."
+    )
+    gossip_miss_penalty: float = _setting(
+        10.0, "Reward lost per unit of coverage short of the target: at 10, falling 0.1% short "
+        "costs as much as one more message per node."
     )
     gossip_epsilon: float = _setting(0.1, "Exploration rate of fanout/TTL hints.")
     # batch models

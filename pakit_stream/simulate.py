@@ -27,8 +27,8 @@ import numpy as np
 
 from pakit_stream.events.fingerprint import block_minhash
 
-__all__ = ["Block", "read_blocks", "codec_results", "entropy", "probe_ratio", "PeerWorld", "gossip_round",
-           "NodeSimulator", "CODECS", "default_source"]
+__all__ = ["Block", "read_blocks", "codec_results", "entropy", "probe_ratio", "block_events",
+           "PeerWorld", "gossip_round", "NodeSimulator", "CODECS", "default_source"]
 
 CODECS = {
     "zstd": (lambda b: cramjam.zstd.compress(b, level=3), cramjam.zstd.decompress),
@@ -101,6 +101,23 @@ def codec_results(data: bytes) -> list[dict]:
     return out
 
 
+def block_events(data: bytes, block_hash: str, node_id: str, depth: int, ts: float,
+                 parent_count: int = 1) -> tuple[dict, dict]:
+    """The ``block_stored`` (every codec really run on ``data``) and ``block_fingerprint``
+    events a node publishes for one block; the node is taken to store its best-ratio codec."""
+    results = codec_results(data)
+    best = min(results, key=lambda r: r["compressed_size"])
+    stored = {"event_type": "block_stored", "node_id": node_id, "ts": ts, "block_hash": block_hash,
+              "block_size": len(data), "block_depth": depth,
+              "compression_algorithm": best["algorithm"],
+              "compression_ratio": max(best["compressed_size"], 1) / max(len(data), 1),
+              "parent_count": parent_count, "entropy": round(entropy(data), 4),
+              "probe_ratio": probe_ratio(data), "codec_results": results}
+    fingerprint = {"event_type": "block_fingerprint", "node_id": node_id, "ts": ts,
+                   "block_hash": block_hash, "minhash": block_minhash(data)}
+    return stored, fingerprint
+
+
 class PeerWorld:
     """Peers with drifting log-normal latencies; ``fetch`` draws one real outcome."""
 
@@ -138,23 +155,12 @@ class PeerWorld:
 
 def gossip_round(n: int, fanout: int, ttl: int, loss: float, rng: np.random.Generator
                  ) -> tuple[float, int]:
-    """Push gossip from one origin: every node forwards to ``fanout`` random nodes the first
-    time it hears the message, for at most ``ttl`` hops; each message is lost with ``loss``.
-    Returns (coverage, messages sent)."""
-    informed = np.zeros(n, dtype=bool)
-    informed[0] = True
-    frontier = np.array([0])
-    messages = 0
-    for _ in range(ttl):
-        if frontier.size == 0:
-            break
-        targets = rng.integers(0, n, size=(frontier.size, fanout)).ravel()
-        messages += targets.size
-        delivered = targets[rng.random(targets.size) >= loss]
-        fresh = np.unique(delivered[~informed[delivered]])
-        informed[fresh] = True
-        frontier = fresh
-    return float(informed.mean()), int(messages)
+    """Push gossip from one origin (see :func:`pakit_stream.replay.gossip.broadcast`), without
+    latencies: ``(coverage, messages sent)``."""
+    from pakit_stream.replay.gossip import broadcast
+
+    coverage, messages, _ = broadcast(n, fanout, ttl, loss, rng)
+    return coverage, messages
 
 
 class NodeSimulator:
@@ -184,18 +190,8 @@ class NodeSimulator:
     def stored_events(self) -> Iterator[dict]:
         """One ``block_stored`` and one ``block_fingerprint`` per block (really measured)."""
         for i, b in enumerate(self.blocks):
-            node = self.nodes[i % len(self.nodes)]
-            results = codec_results(b.data)
-            best = min(results, key=lambda r: r["compressed_size"])
-            ts = time.time()
-            yield {"event_type": "block_stored", "node_id": node, "ts": ts,
-                   "block_hash": b.block_hash, "block_size": b.size, "block_depth": b.depth,
-                   "compression_algorithm": best["algorithm"],
-                   "compression_ratio": max(best["compressed_size"], 1) / max(b.size, 1),
-                   "parent_count": 1, "entropy": round(entropy(b.data), 4),
-                   "probe_ratio": probe_ratio(b.data), "codec_results": results}
-            yield {"event_type": "block_fingerprint", "node_id": node, "ts": ts,
-                   "block_hash": b.block_hash, "minhash": block_minhash(b.data)}
+            yield from block_events(b.data, b.block_hash, self.nodes[i % len(self.nodes)], b.depth,
+                                    time.time())
 
     def access_events(self, n_files: int) -> Iterator[dict]:
         """Whole-file reads through each node's LRU cache."""

@@ -94,6 +94,23 @@ def test_snapshot_restores_learners_offsets_and_counters(tmp_path):
     assert q.applied["pakit.access"] == 51
 
 
+def test_a_tick_with_no_new_message_does_not_snapshot_again(tmp_path):
+    import asyncio
+
+    p = fed_pipeline()
+    store = CheckpointStore(tmp_path, b"k" * 32)
+    outcomes = lambda: {o: sample(p, "pakit_stream_checkpoints_total", outcome=o)  # noqa: E731
+                        for o in ("ok", "unchanged")}
+    assert asyncio.run(store.checkpoint(p)) and outcomes() == {"ok": 1.0, "unchanged": None}
+    written = store.path.stat().st_mtime_ns
+    assert asyncio.run(store.checkpoint(p)) and outcomes() == {"ok": 1.0, "unchanged": 1.0}
+    assert store.path.stat().st_mtime_ns == written
+    p.handle("pakit.access", 0, 1, ev.pack([ev.accessed(77)]))  # a new message: write again
+    assert asyncio.run(store.checkpoint(p)) and outcomes() == {"ok": 2.0, "unchanged": 1.0}
+    q = Pipeline(Settings())
+    assert store.restore(q) and q.applied["pakit.access"] == 51
+
+
 def test_corrupt_checkpoint_is_refused_and_state_starts_empty(tmp_path):
     store = CheckpointStore(tmp_path, b"k" * 32)
     store.write_now(fed_pipeline())

@@ -8,7 +8,8 @@ of an episode, rewarded::
              - miss_penalty * max(0, coverage_target - coverage)
 
 reaching everyone is worth 1, every message per node costs ``message_cost``, and falling short
-of ``coverage_target`` (99.5%) costs ``miss_penalty`` more per unit. The step size is
+of ``coverage_target`` (99.5%) costs ``miss_penalty`` more per unit (the daemon sets it to 10:
+0.1% short costs as much as one more message per node). The step size is
 ``max(alpha, 1/visits)``: a sample mean at first, then a constant step that tracks drift. The
 greedy answer maximises a lower confidence bound, ``Q - confidence / sqrt(visits)``, so a
 setting that looked good once does not beat one that has been good a hundred times.

@@ -28,6 +28,7 @@ from msgspec import Meta, Struct
 from pakit_stream.events.schema import BlockHash, ContextKey, Fraction, Identifier, Millis
 from pakit_stream.features import codec_features
 from pakit_stream.serving.codec import heuristic_codec
+from pakit_stream.serving.prefetch import propose
 from pakit_stream.exceptions import InvalidEventError
 from pakit_stream.pipeline import Pipeline
 
@@ -158,18 +159,15 @@ class HintService:
         return answer
 
     def prefetch(self, body: bytes) -> dict:
-        """``{node_id, recent_accesses, k}`` → ``{blocks, model_version, source}``: the GRU when
-        it knows the last block, else the online successor table, else nothing."""
+        """``{node_id, recent_accesses, k}`` → ``{blocks, model_version, source}``: the GRU's
+        picks interleaved with the online successor table's when the GRU knows the last block,
+        else the table's, else nothing (see :func:`~pakit_stream.serving.prefetch.propose`)."""
         started = time.perf_counter()
         req = self._parse("prefetch", body, PrefetchHintRequest)
         model = self.pipeline.prefetch_model
-        if model is not None and model.knows(req.recent_accesses[-1]):
-            answer = {"blocks": model.predict(req.recent_accesses, req.k),
-                      "model_version": model.version, "source": "learned"}
-        else:
-            blocks = self.pipeline.successors.successors(req.recent_accesses[-1], req.k)
-            answer = {"blocks": blocks, "model_version": None,
-                      "source": "markov" if blocks else "fallback"}
+        blocks, source = propose(model, self.pipeline.successors, req.recent_accesses, req.k)
+        answer = {"blocks": blocks, "source": source,
+                  "model_version": model.version if source == "learned" else None}
         self._done("prefetch", answer["source"], started)
         return answer
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+import msgspec
 
 from pakit_stream.events.schema import TOPIC_OF
 
-__all__ = ["make_producer", "envelope", "publish_jsonl", "group_by_topic"]
+__all__ = ["make_producer", "envelope", "publish_events", "encoded", "read_jsonl", "publish_jsonl",
+           "group_by_topic"]
 
 
 def make_producer(bootstrap: str, **overrides):
@@ -30,12 +33,11 @@ def envelope(payloads: Sequence[bytes]) -> bytes:
     return b'{"events":[' + b",".join(payloads) + b"]}"
 
 
-def publish_jsonl(path: Path, bootstrap: str | None, batch_size: int = 500) -> int:
-    """Publish a JSONL file of events, one envelope per ``batch_size`` events of a topic.
-
-    Lines are forwarded as they are (the daemon validates them and dead-letters the bad ones);
-    only the ``event_type`` is read, to pick the topic. Returns the events published.
-    """
+def publish_events(events: Iterable[tuple[str, bytes]], bootstrap: str | None,
+                   batch_size: int = 500) -> int:
+    """Publish ``(event_type, encoded JSON event)`` pairs, one envelope per ``batch_size``
+    events of a topic. Events are forwarded as they are: the daemon validates them and
+    dead-letters the bad ones. Returns the events published."""
     if not bootstrap:
         raise SystemExit("replay needs --broker HOST:PORT (or PAKIT_STREAM_BROKER)")
     producer = make_producer(bootstrap)
@@ -48,6 +50,32 @@ def publish_jsonl(path: Path, bootstrap: str | None, batch_size: int = 500) -> i
         sent += len(pending[topic])
         pending[topic].clear()
 
+    try:
+        for event_type, payload in events:
+            topic = TOPIC_OF.get(event_type)
+            if topic is None:
+                raise SystemExit(f"unknown event_type {event_type!r}")
+            pending[topic].append(payload)
+            if len(pending[topic]) >= batch_size:
+                drain(topic)
+        for topic in list(pending):
+            if pending[topic]:
+                drain(topic)
+        producer.flush()
+    finally:
+        producer.close()
+    return sent
+
+
+def encoded(events: Iterable[dict]) -> Iterator[tuple[str, bytes]]:
+    """Event dicts as ``(event_type, JSON bytes)`` for :func:`publish_events`."""
+    encode = msgspec.json.encode
+    for e in events:
+        yield e["event_type"], encode(e)
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[str, bytes]]:
+    """A JSONL file of events as ``(event_type, line)``; only ``event_type`` is read."""
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
@@ -57,18 +85,14 @@ def publish_jsonl(path: Path, bootstrap: str | None, batch_size: int = 500) -> i
                 event_type = str(json.loads(line).get("event_type", "")).lower()
             except (ValueError, AttributeError):
                 raise SystemExit(f"{path}:{lineno}: not a JSON object") from None
-            topic = TOPIC_OF.get(event_type)
-            if topic is None:
+            if event_type not in TOPIC_OF:
                 raise SystemExit(f"{path}:{lineno}: unknown event_type {event_type!r}")
-            pending[topic].append(line)
-            if len(pending[topic]) >= batch_size:
-                drain(topic)
-    for topic in list(pending):
-        if pending[topic]:
-            drain(topic)
-    producer.flush()
-    producer.close()
-    return sent
+            yield event_type, line
+
+
+def publish_jsonl(path: Path, bootstrap: str | None, batch_size: int = 500) -> int:
+    """Publish a JSONL file of events as envelopes (see :func:`publish_events`)."""
+    return publish_events(read_jsonl(path), bootstrap, batch_size)
 
 
 def group_by_topic(items: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:

@@ -1,0 +1,196 @@
+"""Hint latency, p50 and p99: in-process (``HintService``) vs over HTTP at a fixed rate.
+
+One run: events of the ingest mix (``benchmarks/ingest.py``) warm the learners, then each
+hint kind is asked ``--calls`` times in-process, and over HTTP from a ``pakit-stream run``
+daemon (embedded broker, same events) at ``--rate`` requests/s for ``--seconds``: once idle,
+once while the daemon ingests ``--load-rate`` events/s. The HTTP client is open-loop: latency
+counts from the time a request was *due*, so a slow answer that delays the next request is
+charged to it (no coordinated omission). Hints share the event loop with ingestion and the
+checkpoint's snapshot, so the loaded p99 shows how long those hold it.
+
+    python benchmarks/hints.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import tempfile
+import multiprocessing
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from ingest import envelopes, make_events
+
+from pakit_stream.broker import EmbeddedBroker, ensure_topics
+from pakit_stream.demo import DaemonProcess
+from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
+from pakit_stream.metrics import Metrics
+from pakit_stream.pipeline import Pipeline
+from pakit_stream.serving.hints import HintService
+from pakit_stream.settings import Settings
+from pakit_stream.telemetry.publish import make_producer
+
+HERE = Path(__file__).resolve().parent
+
+
+def requests(events: dict[str, list[bytes]]) -> dict[str, tuple[str, bytes | None]]:
+    """One realistic request per hint kind: (path, JSON body or None for GET)."""
+    fetch = msgspec.json.decode(events["pakit.peers"][0])
+    fp = msgspec.json.decode(events["pakit.fingerprints"][0])
+    reads = [msgspec.json.decode(e)["block_hash"] for e in events["pakit.access"][:8]]
+    enc = msgspec.json.encode
+    return {
+        "peer": ("/v1/hints/peer", enc({"node_id": "node-1", "available_peers": fetch["candidates"],
+                                        "context": fetch["context"], "block_size": 262144})),
+        "network": ("/v1/hints/network", enc({"network_size": 200, "avg_latency_ms": 40.0,
+                                              "message_loss_rate": 0.05})),
+        "compression": ("/v1/hints/compression", enc({"block_size": 65536, "block_depth": 2,
+                                                      "entropy": 5.1, "probe_ratio": 0.6})),
+        "prefetch": ("/v1/hints/prefetch", enc({"node_id": "node-1", "recent_accesses": reads})),
+        "similar": (f"/v1/hints/similar/{fp['block_hash']}?top_k=5", None),
+    }
+
+
+def in_process(msgs, reqs, calls: int) -> dict[str, dict[str, float]]:
+    pipeline = Pipeline(Settings(), Metrics())
+    for offset, (topic, value, _) in enumerate(msgs):
+        pipeline.handle(topic, 0, offset, value)
+    hints = HintService(pipeline)
+    call = {"peer": hints.peer, "network": hints.network, "compression": hints.compression,
+            "prefetch": hints.prefetch}
+    out = {}
+    for kind, (path, body) in reqs.items():
+        if kind == "similar":
+            block = path.split("/")[-1].split("?")[0]
+            fn = lambda: hints.similar(block, 5)  # noqa: E731
+        else:
+            fn = lambda f=call[kind], b=body: f(b)  # noqa: E731
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[kind] = _percentiles(times)
+    return out
+
+
+def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float) -> dict[str, dict]:
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
+        ensure_topics(broker.bootstrap, [*TOPICS, DLQ_TOPIC], 2)
+        producer = make_producer(broker.bootstrap)
+        counts: dict[str, int] = {}
+        for topic, value, n in msgs:
+            producer.send(topic, value)
+            counts[topic] = counts.get(topic, 0) + n
+        producer.flush()
+        daemon = DaemonProcess(broker.bootstrap, Path(tmp) / "store",
+                               env={"PAKIT_STREAM_TOPIC_PARTITIONS": "2"}).start()
+        try:
+            daemon.wait_applied(counts, timeout=300)
+            out = {"idle": {kind: ask(daemon, path, body, rate, seconds)
+                            for kind, (path, body) in reqs.items()}}
+            stop = multiprocessing.Event()
+            feeder = multiprocessing.Process(target=feed, args=(broker.bootstrap, msgs, load_rate, stop))
+            feeder.start()  # its own process: the client's timing must not share a GIL with it
+            try:
+                out["loaded"] = {kind: ask(daemon, path, body, rate, seconds)
+                                 for kind, (path, body) in reqs.items()}
+            finally:
+                stop.set()
+                feeder.join()
+            out["loaded_applied_events"] = sum(daemon.get("/health")["applied"].values())
+            metrics = daemon.get("/metrics")
+            out["checkpoint_seconds"] = {
+                line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+                if line.startswith("pakit_stream_checkpoint_seconds_") and "{" not in line}
+            return out
+        finally:
+            daemon.stop()
+            producer.close()
+
+
+def feed(bootstrap: str, msgs, events_per_s: float, stop) -> None:
+    """Produce the warm-up envelopes again, round and round, at ``events_per_s``."""
+    producer = make_producer(bootstrap)
+    start, sent, i = time.perf_counter(), 0, 0
+    while not stop.is_set():
+        topic, value, n = msgs[i % len(msgs)]
+        producer.send(topic, value)
+        sent, i = sent + n, i + 1
+        pause = start + sent / events_per_s - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    producer.flush()
+    producer.close()
+
+
+def ask(daemon, path: str, body: bytes | None, rate: float, seconds: float) -> dict[str, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.web_port, timeout=10)
+    interval, n = 1.0 / rate, int(rate * seconds)
+    start = time.perf_counter()
+    times, errors = [], 0
+    for i in range(n):
+        due = start + i * interval
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        if body is None:
+            conn.request("GET", path)
+        else:
+            conn.request("POST", path, body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        errors += resp.status != 200
+        times.append(time.perf_counter() - due)
+    conn.close()
+    return {**_percentiles(times), "errors": errors, "requests": n}
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    us = np.asarray(seconds) * 1e6
+    return {"p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
+            "mean_us": float(us.mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=100_000, help="events that warm the learners")
+    ap.add_argument("--calls", type=int, default=5000, help="in-process calls per hint kind")
+    ap.add_argument("--rate", type=float, default=200.0, help="HTTP requests per second")
+    ap.add_argument("--seconds", type=float, default=10.0, help="HTTP seconds per hint kind")
+    ap.add_argument("--load-rate", type=float, default=10_000.0,
+                    help="events/s the daemon ingests during the loaded phase")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "hints.json")
+    args = ap.parse_args()
+    events = make_events(args.events)
+    msgs = envelopes(events, 500)
+    reqs = requests(events)
+    local = in_process(msgs, reqs, args.calls)
+    http_ = over_http(msgs, reqs, args.rate, args.seconds, args.load_rate)
+    idle, loaded = http_["idle"], http_["loaded"]
+    print(f"{'hint':12} {'in-process p50/p99 µs':>22} {'HTTP idle p50/p99 µs':>22} "
+          f"{'HTTP loaded p50/p99 µs':>24} {'idle/in-process p50':>20}")
+    for kind in reqs:
+        a, b, c = local[kind], idle[kind], loaded[kind]
+        print(f"{kind:12} {a['p50_us']:>10,.0f} / {a['p99_us']:<9,.0f} {b['p50_us']:>9,.0f} / "
+              f"{b['p99_us']:<10,.0f} {c['p50_us']:>9,.0f} / {c['p99_us']:<12,.0f} "
+              f"{b['p50_us'] / a['p50_us']:>8.1f}x  errors {b['errors'] + c['errors']}")
+    print(f"daemon checkpoints: {http_['checkpoint_seconds']}")
+    result = {"benchmark": "hints", "machine": {"cpus": os.cpu_count(),
+                                                "python": platform.python_version()},
+              "warm_events": args.events, "rate_per_s": args.rate, "seconds_per_kind": args.seconds,
+              "load_events_per_s": args.load_rate, "in_process": local, "http": http_,
+              "ratios": {k: idle[k]["p50_us"] / local[k]["p50_us"] for k in reqs}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
