@@ -124,6 +124,8 @@ def run(paths: list[Path], out: Path, *, unit: str, seed: int = 0, train_rounds:
             missed = [f"n={n} loss={l}" for (n, l), v in runs[m].items() if v["coverage"] < TARGET]
             ev.notes.append(f"`{m}` missed the {TARGET:.1%} target in {len(missed)} scenario(s): "
                             + ", ".join(missed))
+    ev.notes.append("Settings pakit-stream chose (fanout/TTL per size and loss): " + ", ".join(
+        f"n={n} loss={l}: {v['fanout']}/{v['ttl']}" for (n, l), v in runs[OURS].items()) + ".")
     ev.plots = _plots(runs, curve, out)
     return ev
 
