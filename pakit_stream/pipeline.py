@@ -19,6 +19,7 @@ always a state together with exactly the messages it reflects.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import deque
 from typing import Any
@@ -32,6 +33,7 @@ from pakit_stream.features import FeatureExtractor
 from pakit_stream.learners import (DeduplicationOptimizer, NetworkOptimizer, PeerSelector,
                                    SuccessorTable)
 from pakit_stream.metrics import Metrics
+from pakit_stream.privacy import private_mean
 from pakit_stream.settings import Settings
 
 __all__ = ["Pipeline", "SNAPSHOT_VERSION", "best_codec"]
@@ -66,13 +68,19 @@ class _Mean:
         return self.total / self.n if self.n else 0.0
 
 
+# value bounds of each quality figure, which set the sensitivity of its private release
+_QUALITY_BOUNDS = {"bandit_replay": (0.0, 1.0), "bandit_logged": (0.0, 1.0),
+                   "gossip_reward": (-11.0, 1.0), "gossip_agreement": (0.0, 1.0),
+                   "successor_hit5": (0.0, 1.0), "cache_hit": (0.0, 1.0), "codec_online": (0.0, 1.0)}
+
+
 class Pipeline:
     """Decoders, learners, offsets and quality figures of one daemon worker."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None,
                  window: int = 50_000) -> None:
         self.settings = s = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = m = metrics or Metrics()
         self.features = FeatureExtractor()
         self.decoders = {t: EventDecoder(t, max_message_bytes=s.max_message_bytes,
                                          max_event_bytes=s.max_event_bytes) for t in TOPICS}
@@ -98,9 +106,13 @@ class Pipeline:
         self.prefetch_new = 0
         self.offsets: dict[str, int] = {}
         self.applied: dict[str, int] = dict.fromkeys(TOPICS, 0)
-        self.quality = {name: _Mean() for name in (
-            "bandit_replay", "bandit_logged", "gossip_reward", "gossip_agreement",
-            "successor_hit5", "cache_hit", "codec_online")}
+        self.quality = {name: _Mean() for name in _QUALITY_BOUNDS}
+        self._gauges = {"bandit_replay": m.bandit_reward, "bandit_logged": m.bandit_logged_reward,
+                        "gossip_reward": m.gossip_reward, "gossip_agreement": m.gossip_agreement,
+                        "successor_hit5": m.prefetch_hit, "cache_hit": m.cache_hit,
+                        "codec_online": m.codec_accuracy}
+        self._dp_rng = random.SystemRandom()
+        self._released: dict[str, tuple[float, float]] = {}  # figure -> (when, private value)
         self._peer_seen = self._gossip_seen = 0
         self._handlers = {
             "pakit.blocks": self._on_blocks,
@@ -182,7 +194,7 @@ class Pipeline:
                 errors.append(self._error(e, i, exc))
         self.codec_new += labelled
         if model is not None:
-            self.metrics.codec_accuracy.set(online.value)
+            self._publish("codec_online")
         return errors
 
     def _on_access(self, events) -> list[Rejected]:
@@ -198,8 +210,8 @@ class Pipeline:
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
         self.prefetch_new += len(events) - len(errors)
-        self.metrics.prefetch_hit.set(hit5.value)
-        self.metrics.cache_hit.set(hits.value)
+        self._publish("successor_hit5")
+        self._publish("cache_hit")
         return errors
 
     def _on_fingerprints(self, events) -> list[Rejected]:
@@ -228,10 +240,9 @@ class Pipeline:
                 logged.add(r)
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
-        m = self.metrics
-        m.bandit_reward.set(replay.value)
-        m.bandit_logged_reward.set(logged.value)
-        m.bandit_peers.set(peers.n_peers)
+        self._publish("bandit_replay")
+        self._publish("bandit_logged")
+        self.metrics.bandit_peers.set(peers.n_peers)
         return errors
 
     def _on_gossip(self, events) -> list[Rejected]:
@@ -249,9 +260,28 @@ class Pipeline:
                                            e.fanout, e.ttl, e.coverage, e.messages_sent))
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
-        self.metrics.gossip_reward.set(reward.value)
-        self.metrics.gossip_agreement.set(agree.value)
+        self._publish("gossip_reward")
+        self._publish("gossip_agreement")
         return errors
+
+    def _publish(self, name: str) -> None:
+        """Set a quality gauge: the running mean, or, with ``dp_epsilon``, a Laplace-noised
+        release of it, re-drawn at most once per ``dp_release_s``."""
+        self._gauges[name].set(self.quality_value(name))
+
+    def quality_value(self, name: str) -> float:
+        """A quality figure as it may leave the process (see :mod:`pakit_stream.privacy`)."""
+        q, eps = self.quality[name], self.settings.dp_epsilon
+        if eps <= 0:
+            return q.value
+        now = time.monotonic()
+        last = self._released.get(name)
+        if last is None or now - last[0] >= self.settings.dp_release_s:
+            lower, upper = _QUALITY_BOUNDS[name]
+            total = min(max(q.total, lower * q.n), upper * q.n)
+            last = self._released[name] = (now, private_mean(total, q.n, eps, self._dp_rng,
+                                                             lower, upper))
+        return last[1]
 
     # -- state ------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -302,5 +332,5 @@ class Pipeline:
                 "access_window": len(self.access_window),
                 "prefetch_model": getattr(self.prefetch_model, "version", None),
             },
-            "quality": {k: round(v.value, 6) for k, v in self.quality.items()},
+            "quality": {k: round(self.quality_value(k), 6) for k in self.quality},
         }

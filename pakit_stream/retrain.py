@@ -28,6 +28,7 @@ from pakit_stream.exceptions import ModelLoadError
 from pakit_stream.pipeline import Pipeline
 from pakit_stream.registry import ModelRegistry
 from pakit_stream.serving.codec import ServedCodecModel
+from pakit_stream.privacy import k_anonymous
 from pakit_stream.serving.prefetch import ServedPrefetchModel
 from pakit_stream.settings import Settings
 from pakit_stream.training.evaluator import hit_ratio_at
@@ -49,6 +50,7 @@ class Retrainer:
         self.metrics = pipeline.metrics
         self.started = time.time()
         self.last_run: dict[str, float] = {}
+        self.suppressed = 0  # reads the last k-anonymity check kept out of training
         self._lock = asyncio.Lock()
 
     def load_serving(self, name: str = CODEC_MODEL) -> bool:
@@ -101,8 +103,13 @@ class Retrainer:
             window = list(p.codec_window)
             cut = int(len(window) * keep)
             return window[:cut], window[cut:], len(window)
+        reads = list(p.access_window)
+        if self.settings.k_anonymity > 1:  # blocks fewer than k nodes read never train
+            reads, report = k_anonymous(reads, individual=lambda r: r[0], quasi=lambda r: r[1],
+                                        k=self.settings.k_anonymity)
+            self.suppressed = report.suppressed
         sequences: dict[str, list[str]] = {}
-        for node, block in p.access_window:
+        for node, block in reads:
             sequences.setdefault(node, []).append(block)
         cuts = [(seq, int(len(seq) * keep)) for seq in sequences.values()]
         return [s[:c] for s, c in cuts], [s[c:] for s, c in cuts], len(p.access_window)

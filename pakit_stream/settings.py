@@ -87,6 +87,16 @@ class Settings:
         "costs as much as one more message per node."
     )
     gossip_epsilon: float = _setting(0.1, "Exploration rate of fanout/TTL hints.")
+    # privacy
+    dp_epsilon: float = _setting(
+        0.0, "Laplace differential privacy for the quality figures the daemon exports (metrics, "
+        "/health): the epsilon of each release; 0 turns it off."
+    )
+    dp_release_s: float = _setting(60.0, "Least seconds between two private releases of a figure.")
+    k_anonymity: int = _setting(
+        1, "A block enters the prefetch model's training data only if at least this many "
+        "distinct nodes read it (1: off)."
+    )
     # batch models
     codec_cpu_bytes_per_us: float = _setting(
         1.0, "Codec label cost: compressed bytes + this * (compress_us + decompress_us).")
@@ -159,6 +169,10 @@ class Settings:
             raise ConfigError("gossip_coverage_target must be in (0, 1]")
         if not 0 <= self.gossip_epsilon <= 1:
             raise ConfigError("gossip_epsilon must be in [0, 1]")
+        if self.dp_epsilon < 0 or self.dp_release_s < 0:
+            raise ConfigError("dp_epsilon and dp_release_s must not be negative")
+        if self.k_anonymity < 1:
+            raise ConfigError("k_anonymity must be at least 1")
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

@@ -27,6 +27,27 @@ class TrainingDataset:
         self.samples: list[tuple[dict[str, float], Any]] = [
             (dict(f), label) for f, label in (samples or [])]
 
+    def k_anonymous(self, quasi_identifiers: Sequence[str], k: int,
+                    individual: str | None = None):
+        """The samples whose values of ``quasi_identifiers`` are shared by at least ``k``
+        individuals (the feature ``individual``; each sample is its own without it), as a new
+        dataset, with a :class:`~pakit_stream.privacy.KAnonymityReport` of what was dropped.
+
+        >>> ds = TrainingDataset([({"size": 1, "node": 1}, "a"), ({"size": 1, "node": 2}, "a"),
+        ...                       ({"size": 9, "node": 1}, "b")])
+        >>> kept, report = ds.k_anonymous(["size"], k=2, individual="node")
+        >>> len(kept), report.suppressed
+        (2, 1)
+        """
+        from pakit_stream.privacy import k_anonymous
+
+        numbered = list(enumerate(self.samples))
+        kept, report = k_anonymous(
+            numbered, individual=(lambda r: r[0]) if individual is None
+            else (lambda r: r[1][0].get(individual)),
+            quasi=lambda r: tuple(r[1][0].get(q) for q in quasi_identifiers), k=k)
+        return TrainingDataset([s for _, s in kept]), report
+
     def add_sample(self, features: Mapping[str, float], label: Any) -> None:
         self.samples.append(({k: float(v) for k, v in features.items()}, label))
 

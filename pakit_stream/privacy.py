@@ -1,0 +1,87 @@
+"""Privacy beyond the contract: Laplace noise on the aggregates the daemon exports, and
+k-anonymity before data is used for training.
+
+The contract already keeps content out (``docs/events.md``). What remains identifying is
+*behaviour*: a node's cache hit ratio, its fetch rewards, the blocks it alone reads.
+
+* :func:`private_mean` releases the mean of ``n`` values bounded in ``[lower, upper]`` with
+  ε-differential privacy at the event level. Changing one event moves the mean by at most
+  ``(upper - lower) / n``, so Laplace noise of scale ``sensitivity / ε`` is added. The daemon
+  (``PAKIT_STREAM_DP_EPSILON`` > 0) re-releases each quality figure at most once per
+  ``PAKIT_STREAM_DP_RELEASE_S``; every release spends ε, and the raw values never leave the
+  process.
+* :func:`k_anonymous` keeps a record only if its quasi-identifier is shared by at least ``k``
+  distinct individuals. For the prefetch model (``PAKIT_STREAM_K_ANONYMITY``), individuals are
+  nodes and the quasi-identifier is the block read: a block that fewer than ``k`` nodes read
+  would reveal what those nodes read, so it never enters a training window.
+
+>>> import random
+>>> rng = random.Random(0)
+>>> released = [private_mean(700.0, 1000, epsilon=1.0, rng=rng) for _ in range(2000)]
+>>> abs(sum(released) / len(released) - 0.7) < 0.001   # unbiased (before clipping)
+True
+>>> reads = [("n1", "a"), ("n2", "a"), ("n1", "b"), ("n3", "a")]
+>>> kept, report = k_anonymous(reads, individual=lambda r: r[0], quasi=lambda r: r[1], k=2)
+>>> kept, report.suppressed, report.smallest_kept
+([('n1', 'a'), ('n2', 'a'), ('n3', 'a')], 1, 3)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+__all__ = ["laplace", "private_mean", "k_anonymous", "KAnonymityReport"]
+
+R = TypeVar("R")
+
+
+def laplace(scale: float, rng: random.Random) -> float:
+    """One draw of Laplace(0, ``scale``) by inverse transform."""
+    u = rng.random() - 0.5
+    return -scale * math.copysign(1.0, u) * math.log(1 - 2 * abs(u))
+
+
+def private_mean(total: float, n: int, epsilon: float, rng: random.Random,
+                 lower: float = 0.0, upper: float = 1.0) -> float:
+    """ε-DP release of ``total / n`` for ``n`` values in ``[lower, upper]``, clipped back into
+    that range (clipping is post-processing: it costs no privacy)."""
+    if epsilon <= 0:
+        raise ValueError("epsilon must be positive")
+    if n <= 0:  # nothing observed: nothing to protect; report the floor, as an empty mean does
+        return lower
+    noisy = total / n + laplace((upper - lower) / (n * epsilon), rng)
+    return min(max(noisy, lower), upper)
+
+
+@dataclass(frozen=True)
+class KAnonymityReport:
+    k: int
+    groups: int  # distinct quasi-identifier values
+    kept_groups: int
+    suppressed: int  # records dropped
+    smallest_kept: int  # fewest individuals behind a kept value (0 if none kept)
+
+    @property
+    def satisfied(self) -> bool:
+        """Whether the input already was k-anonymous (nothing had to be dropped)."""
+        return self.suppressed == 0
+
+
+def k_anonymous(records: Iterable[R], individual: Callable[[R], Hashable],
+                quasi: Callable[[R], Hashable], k: int) -> tuple[list[R], KAnonymityReport]:
+    """The records whose quasi-identifier is shared by at least ``k`` distinct individuals, in
+    their order, and what was suppressed."""
+    records = list(records)
+    who: dict[Hashable, set] = defaultdict(set)
+    for r in records:
+        who[quasi(r)].add(individual(r))
+    ok = {q for q, people in who.items() if len(people) >= k}
+    kept = [r for r in records if quasi(r) in ok]
+    report = KAnonymityReport(k, len(who), len(ok), len(records) - len(kept),
+                              min((len(who[q]) for q in ok), default=0))
+    return kept, report

@@ -1,0 +1,69 @@
+"""Privacy options: Laplace noise on the exported quality figures, k-anonymity of training
+data."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from pakit_stream.exceptions import ConfigError
+from pakit_stream.pipeline import Pipeline
+from pakit_stream.privacy import k_anonymous, laplace, private_mean
+from pakit_stream.retrain import Retrainer
+from pakit_stream.settings import Settings
+
+from . import events as ev
+
+
+def test_laplace_noise_has_the_scale_the_privacy_budget_asks_for():
+    rng = random.Random(1)
+    draws = [laplace(2.0, rng) for _ in range(40_000)]
+    assert abs(statistics.fmean(draws)) < 0.05
+    assert statistics.stdev(draws) == pytest.approx(2.0 * 2 ** 0.5, rel=0.03)  # sqrt(2) * b
+    # the mean of 100 values in [0, 1] at epsilon 0.5: scale 1 / (100 * 0.5) = 0.02
+    released = [private_mean(30.0, 100, 0.5, rng) for _ in range(20_000)]
+    assert statistics.stdev(released) == pytest.approx(0.02 * 2 ** 0.5, rel=0.05)
+    assert all(0.0 <= r <= 1.0 for r in released)
+    with pytest.raises(ValueError):
+        private_mean(1.0, 10, 0.0, rng)
+
+
+def test_the_daemon_exports_only_private_releases_and_not_too_often():
+    raw = Pipeline(Settings())
+    private = Pipeline(Settings(dp_epsilon=0.1, dp_release_s=3600))
+    for p in (raw, private):
+        p.handle("pakit.access", 0, 0, ev.pack([ev.accessed(i) for i in range(30)]))
+    truth = raw.quality["cache_hit"].value  # 10 hits out of 30
+    gauge = lambda p: p.metrics.registry.get_sample_value("pakit_stream_node_cache_hit_ratio")  # noqa: E731
+    assert gauge(raw) == pytest.approx(truth) == raw.stats()["quality"]["cache_hit"]
+    first = gauge(private)
+    assert first != truth and 0.0 <= first <= 1.0
+    assert private.stats()["quality"]["cache_hit"] == round(first, 6)  # /health: the same release
+    private.handle("pakit.access", 0, 1, ev.pack([ev.accessed(i) for i in range(30, 60)]))
+    assert gauge(private) == first  # within dp_release_s: no new release, no new epsilon spent
+    private._released.clear()  # the interval has passed
+    private.handle("pakit.access", 0, 2, ev.pack([ev.accessed(60)]))
+    assert gauge(private) != first
+
+
+def test_blocks_read_by_fewer_than_k_nodes_never_reach_the_prefetch_model(tmp_path):
+    settings = Settings.from_env({}, data_dir=tmp_path, k_anonymity=2)
+    p = Pipeline(settings)
+    shared = [ev.accessed(i, node=n) for n in ("node-a", "node-b") for i in range(6)]
+    private = [dict(ev.accessed(0, node="node-c"), block_hash=ev.block_hash(999))] * 4
+    p.handle("pakit.access", 0, 0, ev.pack(shared + private))
+    r = Retrainer(settings, p)
+    train, holdout, size = r.split("prefetch_engine")
+    seen = {b for seq in train + holdout for b in seq}
+    assert ev.block_hash(999) not in seen and size == 16 and r.suppressed == 4
+    assert seen == {ev.block_hash(i % 7) for i in range(6)}
+    kept, report = k_anonymous([("n", "x")], individual=lambda r: r[0], quasi=lambda r: r[1], k=2)
+    assert kept == [] and not report.satisfied and report.smallest_kept == 0
+
+
+@pytest.mark.parametrize("bad", [{"dp_epsilon": -1.0}, {"k_anonymity": 0}])
+def test_privacy_settings_are_validated(bad):
+    with pytest.raises(ConfigError):
+        Settings(**bad).validate()
