@@ -1,0 +1,86 @@
+"""Scale-out: several workers of one app in one consumer group, against the embedded broker.
+
+Events are keyed by node, so each partition, and the per-node learner state built from it,
+belongs to one worker at a time. When a worker dies, its partitions move to the survivors,
+which replay them from the last offset they know (the start, for partitions they never held):
+every event the broker acknowledged is applied, and hints keep being answered throughout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+
+from pakit_stream.telemetry.publish import envelope
+
+from . import events as ev
+
+NODES = [f"node-{i}" for i in range(8)]
+
+
+def produce(producer, start: int, n: int) -> int:
+    """``n`` single-event messages of reads, keyed by node; returns the events sent."""
+    for i in range(start, start + n):
+        node = NODES[i % len(NODES)]
+        producer.send("pakit.access", key=node.encode(),
+                      value=envelope([ev.raw(ev.accessed(i, node=node))]))
+    producer.flush()
+    return n
+
+
+def applied(daemon) -> int:
+    return daemon.get("/health")["applied"]["pakit.access"]
+
+
+def wait_until(predicate, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def test_a_dead_workers_partitions_move_and_nothing_acknowledged_is_lost(
+        broker, producer, daemon_factory, tmp_path):
+    a = daemon_factory(tmp_path / "a", PAKIT_STREAM_CHECKPOINT_INTERVAL_S=1)
+    b = daemon_factory(tmp_path / "b", PAKIT_STREAM_CHECKPOINT_INTERVAL_S=1)
+    sent, deadline = 0, time.monotonic() + 90
+    while not (applied(a) > 0 and applied(b) > 0):  # until the group spread the partitions
+        assert time.monotonic() < deadline, "the partitions never spread over both workers"
+        sent += produce(producer, sent, 40)
+        time.sleep(1.0)
+    wait_until(lambda: applied(a) + applied(b) == sent)  # each event applied exactly once
+    time.sleep(2.5)  # a checkpoint of each covers what it applied
+
+    failures, answered, stop = [], [0], threading.Event()
+
+    def ask_b():  # hints from the survivor, all through the rebalance
+        while not stop.is_set():
+            try:
+                b.post("/v1/hints/network", {"network_size": 100, "avg_latency_ms": 40.0,
+                                             "message_loss_rate": 0.0})
+                answered[0] += 1
+            except (OSError, urllib.error.URLError) as exc:
+                failures.append(exc)
+            time.sleep(0.1)
+
+    asker = threading.Thread(target=ask_b)
+    asker.start()
+    try:
+        a.kill()  # kill -9: no final checkpoint
+        sent += produce(producer, sent, 200)
+        # b takes a's partitions over and replays them: every event is applied by b now
+        wait_until(lambda: applied(b) == sent, timeout=120)
+    finally:
+        stop.set()
+        asker.join()
+    assert not failures and answered[0] > 10
+
+    # a comes back from its checkpoint; the group rebalances again; new events still all land
+    restarted = daemon_factory(tmp_path / "a", PAKIT_STREAM_CHECKPOINT_INTERVAL_S=1)
+    assert applied(restarted) > 0  # restored from its checkpoint, not from empty
+    more = produce(producer, sent, 200)
+    before_b = applied(b)
+    wait_until(lambda: (applied(restarted) + applied(b) - before_b) >= more
+               and applied(b) >= before_b, timeout=120)
+    assert b.get("/health")["status"] == "ok" and restarted.get("/health")["status"] == "ok"
