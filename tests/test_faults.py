@@ -1,0 +1,86 @@
+"""Faults under test, against the embedded broker and a real ``pakit-stream run``: an
+unwritable model store, and repeated kill -9 at random points."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+
+from pakit_stream.telemetry.publish import envelope
+
+from . import events as ev
+from .test_daemon import metric
+
+
+def feed(producer, start: int, n: int) -> int:
+    for i in range(start, start + n):
+        producer.send("pakit.access", key=b"node-a", value=envelope([ev.raw(ev.accessed(i))]))
+    producer.flush()
+    return n
+
+
+def test_an_unwritable_model_store_fails_checkpoints_loudly_and_the_daemon_keeps_serving(
+        producer, daemon_factory, tmp_path):
+    store = tmp_path / "store"
+    daemon = daemon_factory(store, PAKIT_STREAM_CHECKPOINT_INTERVAL_S=1)
+    sent = feed(producer, 0, 50)
+    daemon.wait_applied({"pakit.access": sent})
+    time.sleep(2)
+    assert metric(daemon, "pakit_stream_checkpoints_total", outcome="ok") >= 1
+    checkpoints = store / "checkpoints"
+    shutil.move(checkpoints, tmp_path / "saved")
+    checkpoints.write_text("a file where the checkpoint directory was: every write now fails")
+    sent += feed(producer, sent, 50)
+    daemon.wait_applied({"pakit.access": sent})
+    deadline = time.monotonic() + 20
+    while not metric(daemon, "pakit_stream_checkpoints_total", outcome="failed"):
+        assert time.monotonic() < deadline, "the failing checkpoint was never counted"
+        time.sleep(0.5)
+    # still learning and answering; the age the stale-checkpoint alert watches keeps growing
+    sent += feed(producer, sent, 20)
+    health = daemon.wait_applied({"pakit.access": sent})
+    assert health["status"] == "ok"
+    assert daemon.post("/v1/hints/prefetch", {"recent_accesses": [ev.block_hash(1)]})["source"]
+    age = metric(daemon, "pakit_stream_checkpoint_age_seconds")
+    time.sleep(1.5)
+    assert metric(daemon, "pakit_stream_checkpoint_age_seconds") > age
+    # the store comes back: checkpoints succeed again
+    checkpoints.unlink()
+    shutil.move(tmp_path / "saved", checkpoints)
+    ok = metric(daemon, "pakit_stream_checkpoints_total", outcome="ok")
+    sent += feed(producer, sent, 10)
+    deadline = time.monotonic() + 20
+    while metric(daemon, "pakit_stream_checkpoints_total", outcome="ok") <= ok:
+        assert time.monotonic() < deadline, "checkpoints did not recover"
+        time.sleep(0.5)
+
+
+def test_repeated_kill_9_at_random_points_loses_no_acknowledged_event(
+        producer, daemon_factory, tmp_path):
+    rng = random.Random(7)
+    store = tmp_path / "store"
+    sent, stop = [0], threading.Event()
+
+    def load():  # nodes keep publishing through every crash
+        while not stop.is_set():
+            sent[0] += feed(producer, sent[0], 25)
+            time.sleep(0.05)
+
+    daemon = daemon_factory(store, PAKIT_STREAM_CHECKPOINT_INTERVAL_S=1)
+    feeder = threading.Thread(target=load)
+    feeder.start()
+    try:
+        for _ in range(3):
+            time.sleep(rng.uniform(1.0, 4.0))
+            daemon.kill()  # no final checkpoint: anything after the last one is replayed
+            daemon = daemon_factory(store, PAKIT_STREAM_CHECKPOINT_INTERVAL_S=1)
+    finally:
+        stop.set()
+        feeder.join()
+    health = daemon.wait_applied({"pakit.access": sent[0]}, timeout=120)
+    # every event applied exactly once: replayed messages below the checkpoint are skipped
+    assert health["applied"]["pakit.access"] == sent[0]
+    time.sleep(1.5)
+    assert daemon.get("/health")["applied"]["pakit.access"] == sent[0]
