@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import ssl
 from typing import Any
 
 import faust
@@ -29,7 +30,7 @@ from pakit_stream.retrain import MODELS, Retrainer
 from pakit_stream.serving.hints import BadRequest, HintService
 from pakit_stream.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "credentials"]
 
 log = logging.getLogger(__name__)
 _NEVER = 10**12  # commit thresholds: offsets live in our checkpoints, not in Faust's commits
@@ -57,11 +58,29 @@ def dlq_record(reject: Rejected, source: bytes, max_bytes: int
     return value, headers
 
 
+def credentials(settings: Settings):
+    """Faust's broker credentials for the security settings; ``None`` for PLAINTEXT."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.kafka_sasl_username,
+                                     password=settings.kafka_sasl_password,
+                                     mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
+    return faust.SSLCredentials(context)
+
+
 def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                checkpoints: CheckpointStore) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{bootstrap}",
+        broker_credentials=credentials(settings),
         store="memory://",
         autodiscover=False,
         datadir=str(settings.data_dir / "faust"),

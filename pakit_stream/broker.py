@@ -33,8 +33,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:
-    """Block until ``bootstrap`` answers Kafka metadata requests."""
+def wait_for_broker(bootstrap: str, timeout: float = 30.0, **client_config) -> None:
+    """Block until ``bootstrap`` answers Kafka metadata requests (``client_config``: security
+    arguments, see :meth:`~pakit_stream.settings.Settings.kafka_config`)."""
     from kafka import KafkaAdminClient
 
     host, port = bootstrap.rsplit(":", 1)
@@ -54,18 +55,19 @@ def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:
     try:
         KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
                          bootstrap_timeout_ms=remaining_ms,
-                         client_id="pakit-stream-probe").close()
+                         client_id="pakit-stream-probe", **client_config).close()
     except Exception as exc:
         raise BrokerError(f"no Kafka broker answered at {bootstrap}: {exc}") from exc
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) -> None:
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, **client_config) -> None:
     """Create whichever of ``topics`` do not exist yet."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pakit-stream-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pakit-stream-admin",
+                             **client_config)
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]

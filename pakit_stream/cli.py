@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from pakit_stream.exceptions import ConfigError
 from pakit_stream.settings import Settings
 
 __all__ = ["main"]
@@ -131,9 +132,10 @@ def cmd_replay(args) -> int:
                     sent += 1
             print(json.dumps({"written": sent, "file": str(args.jsonl_out)}))
             return 0
-        sent = publish_events(events, args.broker or Settings.from_env().broker,
-                              batch_size=args.batch_size)
-    except (ValueError, OSError) as exc:
+        settings = Settings.from_env()
+        sent = publish_events(events, args.broker or settings.broker, batch_size=args.batch_size,
+                              **settings.kafka_config())
+    except (ValueError, OSError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"published": sent}))

@@ -45,12 +45,13 @@ def run_daemon(settings: Settings, loglevel: str = "info") -> None:
     with contextlib.ExitStack() as stack:
         if settings.broker:
             bootstrap = settings.broker
-            wait_for_broker(bootstrap)
+            wait_for_broker(bootstrap, **settings.kafka_config())
         else:
             broker = stack.enter_context(EmbeddedBroker(log_path=settings.data_dir / "broker.log"))
             bootstrap = broker.bootstrap
             print(f"embedded broker listening on {bootstrap}", flush=True)
-        ensure_topics(bootstrap, [*TOPICS, DLQ_TOPIC], settings.topic_partitions)
+        ensure_topics(bootstrap, [*TOPICS, DLQ_TOPIC], settings.topic_partitions,
+                      **settings.kafka_config())
         app = build(settings, bootstrap)
         print(f"pakit-stream serving on http://{settings.web_host}:{settings.web_port}", flush=True)
         worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

@@ -33,6 +33,15 @@ def _setting(default, help: str):
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def _secret(help: str):
+    """A setting that must never be printed: out of ``repr`` (and so out of logs)."""
+    return dataclasses.field(default=None, repr=False, metadata={"help": help, "secret": True})
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Settings of the daemon, the node-side collector and the learners."""
@@ -112,8 +121,19 @@ class Settings:
     retrain_threads: int = _setting(1, "torch threads of a retrain (leave a core to the agents).")
     prefetch_window: int = _setting(200_000, "Recent reads kept to train the prefetch model.")
     prefetch_max_vocab: int = _setting(10_000, "Blocks the prefetch model can name.")
-    admin_token: str | None = _setting(
-        None, "Bearer token of the admin endpoints (rollback, retrain); unset: they are off.")
+    admin_token: str | None = _secret(
+        "Bearer token of the admin endpoints (rollback, retrain); unset: they are off.")
+    # Kafka security, passed to every client: the daemon's Faust consumers and producer, the
+    # admin client, the collector's and replay's producers
+    kafka_security_protocol: str = _setting(
+        "PLAINTEXT", "Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_mechanism: str = _setting(
+        "PLAIN", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_sasl_username: str | None = _setting(None, "SASL user name.")
+    kafka_sasl_password: str | None = _secret("SASL password.")
+    kafka_ssl_cafile: str | None = _setting(None, "CA certificates to verify the brokers (SSL).")
+    kafka_ssl_certfile: str | None = _setting(None, "Client certificate (SSL, mutual TLS).")
+    kafka_ssl_keyfile: str | None = _setting(None, "Client certificate's private key (SSL).")
     lsh_threshold: float = _setting(0.7, "Jaccard similarity the MinHash LSH index targets.")
     lsh_capacity: int = _setting(100_000, "Blocks the LSH index keeps; oldest are evicted.")
     successor_capacity: int = _setting(
@@ -173,6 +193,35 @@ class Settings:
             raise ConfigError("dp_epsilon and dp_release_s must not be negative")
         if self.k_anonymity < 1:
             raise ConfigError("k_anonymity must be at least 1")
+        if self.kafka_security_protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(f"kafka_security_protocol must be one of {SECURITY_PROTOCOLS}")
+        if self.kafka_security_protocol.startswith("SASL"):
+            if self.kafka_sasl_mechanism not in SASL_MECHANISMS:
+                raise ConfigError(f"kafka_sasl_mechanism must be one of {SASL_MECHANISMS}")
+            if not (self.kafka_sasl_username and self.kafka_sasl_password):
+                raise ConfigError("SASL needs kafka_sasl_username and kafka_sasl_password")
+
+    def kafka_config(self) -> dict[str, str]:
+        """The security settings as kafka-python client arguments.
+
+        >>> Settings().kafka_config()
+        {'security_protocol': 'PLAINTEXT'}
+        >>> sorted(Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="u",
+        ...                 kafka_sasl_password="p", kafka_ssl_cafile="/ca.pem").kafka_config())
+        ['sasl_mechanism', 'sasl_plain_password', 'sasl_plain_username', 'security_protocol', 'ssl_cafile']
+        """
+        protocol = self.kafka_security_protocol
+        config = {"security_protocol": protocol}
+        if protocol.startswith("SASL"):
+            config.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                          sasl_plain_username=self.kafka_sasl_username,
+                          sasl_plain_password=self.kafka_sasl_password)
+        if protocol.endswith("SSL"):
+            for key in ("cafile", "certfile", "keyfile"):
+                value = getattr(self, f"kafka_ssl_{key}")
+                if value:
+                    config[f"ssl_{key}"] = value
+        return config
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

@@ -34,13 +34,14 @@ def envelope(payloads: Sequence[bytes]) -> bytes:
 
 
 def publish_events(events: Iterable[tuple[str, bytes]], bootstrap: str | None,
-                   batch_size: int = 500) -> int:
+                   batch_size: int = 500, **client_config) -> int:
     """Publish ``(event_type, encoded JSON event)`` pairs, one envelope per ``batch_size``
     events of a topic. Events are forwarded as they are: the daemon validates them and
-    dead-letters the bad ones. Returns the events published."""
+    dead-letters the bad ones. ``client_config``: security arguments
+    (:meth:`~pakit_stream.settings.Settings.kafka_config`). Returns the events published."""
     if not bootstrap:
         raise SystemExit("replay needs --broker HOST:PORT (or PAKIT_STREAM_BROKER)")
-    producer = make_producer(bootstrap)
+    producer = make_producer(bootstrap, **client_config)
     pending: dict[str, list[bytes]] = defaultdict(list)
     sent = 0
 
@@ -90,9 +91,10 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, bytes]]:
             yield event_type, line
 
 
-def publish_jsonl(path: Path, bootstrap: str | None, batch_size: int = 500) -> int:
+def publish_jsonl(path: Path, bootstrap: str | None, batch_size: int = 500,
+                  **client_config) -> int:
     """Publish a JSONL file of events as envelopes (see :func:`publish_events`)."""
-    return publish_events(read_jsonl(path), bootstrap, batch_size)
+    return publish_events(read_jsonl(path), bootstrap, batch_size, **client_config)
 
 
 def group_by_topic(items: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:

@@ -1,0 +1,71 @@
+"""Security settings: Kafka SASL/TLS reach every client, secrets never reach output or logs,
+the HTTP server binds loopback unless told otherwise, admin endpoints need the token."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import faust
+import pytest
+
+from pakit_stream.app import credentials
+from pakit_stream.exceptions import ConfigError
+from pakit_stream.settings import Settings
+
+SECRETS = {"PAKIT_STREAM_ADMIN_TOKEN": "tok-5f1e2d9a", "PAKIT_STREAM_KAFKA_SASL_PASSWORD": "pw-77c4e0b3"}
+
+
+def test_sasl_and_tls_settings_become_client_arguments_and_faust_credentials():
+    s = Settings.from_env({"PAKIT_STREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                           "PAKIT_STREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                           "PAKIT_STREAM_KAFKA_SASL_USERNAME": "node",
+                           "PAKIT_STREAM_KAFKA_SASL_PASSWORD": "pw"})
+    assert s.kafka_config() == {"security_protocol": "SASL_PLAINTEXT",
+                                "sasl_mechanism": "SCRAM-SHA-512",
+                                "sasl_plain_username": "node", "sasl_plain_password": "pw"}
+    creds = credentials(s)
+    assert isinstance(creds, faust.SASLCredentials)
+    assert (creds.username, creds.password, creds.ssl_context) == ("node", "pw", None)
+    tls = Settings(kafka_security_protocol="SSL")
+    assert isinstance(credentials(tls), faust.SSLCredentials) and credentials(Settings()) is None
+    # kafka-python accepts every argument we pass (an unknown one would raise)
+    from kafka import KafkaProducer
+    assert set(s.kafka_config()) <= set(KafkaProducer.DEFAULT_CONFIG)
+
+
+@pytest.mark.parametrize("env", [
+    {"PAKIT_STREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},  # no user, no password
+    {"PAKIT_STREAM_KAFKA_SECURITY_PROTOCOL": "TLS"},
+])
+def test_incomplete_or_unknown_security_settings_are_refused(env):
+    with pytest.raises(ConfigError):
+        Settings.from_env(env)
+
+
+def test_secrets_stay_out_of_repr_and_the_settings_listing():
+    s = Settings.from_env(SECRETS)
+    assert s.admin_token == SECRETS["PAKIT_STREAM_ADMIN_TOKEN"]
+    text = repr(s) + str(s)
+    listing = subprocess.run([sys.executable, "-m", "pakit_stream", "settings"], capture_output=True,
+                             text=True, env={**SECRETS, "PATH": ""}).stdout
+    assert "PAKIT_STREAM_KAFKA_SASL_PASSWORD" in listing
+    for secret in SECRETS.values():
+        assert secret not in text and secret not in listing
+    assert Settings().web_host == "127.0.0.1"
+
+
+def test_a_running_daemon_never_logs_its_secrets(broker, tmp_path):
+    from pakit_stream.demo import DaemonProcess
+
+    daemon = DaemonProcess(broker.bootstrap, tmp_path / "store", loglevel="debug",
+                           env={**SECRETS, "PAKIT_STREAM_TOPIC_PARTITIONS": "2"}).start()
+    try:
+        assert daemon.get("/health")["status"] == "ok"
+        assert daemon.post("/v1/hints/network", {"avg_latency_ms": 5, "message_loss_rate": 0})
+    finally:
+        daemon.stop()
+    log = daemon.log_path.read_text(errors="replace")
+    assert "serving on" in log and len(log.splitlines()) > 20  # debug logging really ran
+    for secret in SECRETS.values():
+        assert secret not in log
