@@ -70,6 +70,10 @@ class Settings:
         1_000_000, "Largest DLQ record value; a longer refused message is kept truncated, with "
         "its size and SHA-256 in headers (Kafka's default message limit is 1 MB)."
     )
+    stream_buffer_messages: int = _setting(
+        64, "Kafka messages each agent buffers ahead of processing (Faust's default is 4096): "
+        "with the fetch size, this bounds the memory a backlog can take."
+    )
     max_event_bytes: int = _setting(
         64 * 1024, "Largest single event inside a message; larger ones go to the DLQ."
     )
@@ -175,7 +179,8 @@ class Settings:
                     "max_event_bytes", "dlq_max_bytes", "codec_cpu_bytes_per_us", "retrain_check_s", "retrain_interval_s",
                     "retrain_min_new", "retrain_min_samples", "retrain_timeout_s", "retrain_threads",
                     "prefetch_window", "prefetch_max_vocab", "bandit_latency_scale_ms", "bandit_max_peers",
-                    "eval_every", "lsh_capacity", "successor_capacity")
+                    "eval_every", "lsh_capacity", "successor_capacity",
+                    "stream_buffer_messages")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -7,6 +7,7 @@ import random
 import shutil
 import threading
 import time
+from pathlib import Path
 
 from pakit_stream.telemetry.publish import envelope
 
@@ -84,3 +85,33 @@ def test_repeated_kill_9_at_random_points_loses_no_acknowledged_event(
     assert health["applied"]["pakit.access"] == sent[0]
     time.sleep(1.5)
     assert daemon.get("/health")["applied"]["pakit.access"] == sent[0]
+
+
+def test_a_backlog_shows_in_the_lag_metric_and_memory_stays_bounded(producer, daemon_factory,
+                                                                     tmp_path):
+    """A burst far faster than the daemon consumes: the lag metric rises, then drains to 0;
+    every event is applied; the daemon's memory stays within a fixed budget (agents buffer at
+    most ``PAKIT_STREAM_STREAM_BUFFER_MESSAGES`` messages, fetches are bounded)."""
+    daemon = daemon_factory(tmp_path / "store")
+    assert not metric(daemon, "pakit_stream_consumer_lag_messages", topic="pakit.access")
+
+    def rss_mb() -> float:
+        status = Path(f"/proc/{daemon.process.pid}/status").read_text()
+        return next(int(line.split()[1]) / 1024 for line in status.splitlines()
+                    if line.startswith("VmRSS:"))
+
+    body = envelope([ev.raw(ev.accessed(i, node=f"node-{i % 8}")) for i in range(2000)])
+    for k in range(200):  # 400,000 events, 75 MB, in one burst
+        producer.send("pakit.access", key=f"node-{k % 8}".encode(), value=body)
+    producer.flush()
+    lags, memory = [], []
+    deadline = time.monotonic() + 120
+    while daemon.get("/health")["applied"]["pakit.access"] < 400_000:
+        assert time.monotonic() < deadline, "the backlog never drained"
+        lags.append(metric(daemon, "pakit_stream_consumer_lag_messages", topic="pakit.access") or 0)
+        memory.append(rss_mb())
+        time.sleep(0.25)
+    time.sleep(1.5)  # the lag timer's next tick
+    assert max(lags) > 20 and metric(daemon, "pakit_stream_consumer_lag_messages",
+                                     topic="pakit.access") == 0
+    assert max(memory) < 1024, f"daemon RSS reached {max(memory):.0f} MB"
