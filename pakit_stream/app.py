@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 
 from pakit_stream.checkpoint import CheckpointStore
 from pakit_stream.events.decode import Rejected
-from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
+from pakit_stream.events.schema import DLQ_TOPIC, MODELS_TOPIC, TOPICS
 from pakit_stream.exceptions import PakitStreamError
 from pakit_stream.pipeline import Pipeline
 from pakit_stream.retrain import MODELS, Retrainer
@@ -75,6 +75,20 @@ def credentials(settings: Settings):
     return faust.SSLCredentials(context)
 
 
+def _aiokafka_security(settings: Settings) -> dict[str, Any]:
+    """The security settings as aiokafka arguments (it takes an SSL context, not files)."""
+    config = {"security_protocol": settings.kafka_security_protocol}
+    creds = credentials(settings)
+    context = getattr(creds, "ssl_context", None) or getattr(creds, "context", None)
+    if context is not None:
+        config["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL"):
+        config.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                      sasl_plain_username=settings.kafka_sasl_username,
+                      sasl_plain_password=settings.kafka_sasl_password)
+    return config
+
+
 def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                checkpoints: CheckpointStore) -> faust.App:
     app = faust.App(
@@ -94,7 +108,8 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
         broker_heartbeat_interval=min(3.0, settings.rebalance_timeout_s / 3),
         broker_commit_every=_NEVER,
         broker_commit_interval=float(_NEVER),
-        producer_max_request_size=settings.dlq_max_bytes + (64 << 10),
+        # room for a DLQ record, and for a published model (the GRU's file is ~8 MB)
+        producer_max_request_size=max(settings.dlq_max_bytes + (64 << 10), 32 << 20),
         consumer_max_fetch_size=max(settings.max_message_bytes, 4 << 20),
         stream_buffer_maxsize=settings.stream_buffer_messages,
         web_enabled=True,
@@ -108,6 +123,44 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
     dlq = app.topic(DLQ_TOPIC, value_serializer="raw", key_serializer="raw",
                     partitions=settings.topic_partitions)
     metrics = pipeline.metrics
+    models_topic = app.topic(MODELS_TOPIC, value_serializer="raw", key_serializer="raw",
+                             partitions=1)
+
+    def publish(name: str) -> None:
+        """The leader's new serving version goes to every worker through the models topic
+        (compacted: the latest record per model is what a starting worker reads)."""
+        record = retrainer.registry.export(name)
+        asyncio.ensure_future(models_topic.send(key=name.encode(), value=record))
+
+    retrainer.on_serving_change.append(publish)
+
+    @app.task
+    async def follow_models() -> None:
+        """Every worker reads the whole models topic, outside the consumer group, and serves
+        what the leader published (its own publications are recognised and skipped)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=64 << 20,
+            fetch_max_bytes=64 << 20, **_aiokafka_security(settings))
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(MODELS_TOPIC, 0)])
+            await consumer.seek_to_beginning()
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                for records in batches.values():
+                    for record in records:
+                        try:
+                            name = retrainer.adopt(record.value)
+                        except Exception:
+                            log.exception("refused a published model at offset %s", record.offset)
+                            continue
+                        if name:
+                            log.info("now serving the %s version the leader published", name)
+        finally:
+            await consumer.stop()
 
     async def to_dlq(rejects: list[Rejected], message: Any) -> None:
         source = f"{message.topic}/{message.partition}/{message.offset}".encode()

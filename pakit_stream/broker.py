@@ -60,8 +60,9 @@ def wait_for_broker(bootstrap: str, timeout: float = 30.0, **client_config) -> N
         raise BrokerError(f"no Kafka broker answered at {bootstrap}: {exc}") from exc
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, **client_config) -> None:
-    """Create whichever of ``topics`` do not exist yet."""
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int,
+                  configs: dict[str, str] | None = None, **client_config) -> None:
+    """Create whichever of ``topics`` do not exist yet (with topic ``configs``, if given)."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -70,7 +71,8 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, **clie
                              **client_config)
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        missing = [NewTopic(t, partitions, 1, topic_configs=configs or {})
+                   for t in topics if t not in existing]
         if missing:
             try:
                 admin.create_topics(missing)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = ["ModelRegistry", "GateResult"]
 
 log = logging.getLogger(__name__)
 _MODEL_FILE = "model.safetensors"
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def _sha256(path: Path) -> str:
@@ -90,6 +92,42 @@ class ModelRegistry:
                 "status": "candidate"}
         write_atomic(folder / "metadata.json", json.dumps(meta, indent=2).encode())
         return version
+
+    # sharing between workers ---------------------------------------------------------------
+    def export(self, name: str, version: str | None = None) -> bytes:
+        """One self-describing record of a version (default: the serving one), for the models
+        topic: a 4-byte header length, a JSON header with its metadata, the model file."""
+        version = version or self.serving(name)
+        if version is None:
+            raise ModelLoadError(f"{name}: no serving version to publish")
+        blob = self.verified_file(name, version).read_bytes()
+        head = json.dumps({"name": name, "version": version,
+                           "metadata": self.metadata(name, version)}).encode()
+        return len(head).to_bytes(4, "big") + head + blob
+
+    def adopt(self, record: bytes) -> tuple[str, str]:
+        """Install a version another worker published with :meth:`export`, and serve it. The
+        file must match the SHA-256 of its metadata; names must be plain path components."""
+        try:
+            n = int.from_bytes(record[:4], "big")
+            head = json.loads(record[4:4 + n])
+            name, version, meta = head["name"], head["version"], head["metadata"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"not a published model record: {exc}") from exc
+        blob = record[4 + n:]
+        for part in (name, version):
+            if not isinstance(part, str) or not _SAFE.fullmatch(part):
+                raise ModelLoadError(f"unsafe model name or version {part!r}")
+        if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+            raise ModelLoadError(f"{name} {version}: file does not match its SHA-256; refused")
+        folder = self.root / name / version
+        if not (folder / _MODEL_FILE).exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(folder / _MODEL_FILE, blob)
+            write_atomic(folder / "metadata.json",
+                         json.dumps({**meta, "adopted": time.time()}, indent=2).encode())
+        self.promote(name, version)
+        return name, version
 
     def _set_status(self, name: str, version: str, status: str, **extra) -> None:
         meta = self.metadata(name, version)

@@ -51,6 +51,8 @@ class Retrainer:
         self.started = time.time()
         self.last_run: dict[str, float] = {}
         self.suppressed = 0  # reads the last k-anonymity check kept out of training
+        #: called with a model name whenever this worker starts serving another version
+        self.on_serving_change: list = []
         self._lock = asyncio.Lock()
 
     def load_serving(self, name: str = CODEC_MODEL) -> bool:
@@ -156,6 +158,7 @@ class Retrainer:
         m.retrain_seconds.labels(model=name).observe(time.perf_counter() - started)
         if result["accepted"]:
             self.load_serving(name)
+            self._changed(name)
             if name == PREFETCH_MODEL:
                 m.prefetch_holdout.set(result["candidate_score"])
         return {"outcome": outcome, **result}
@@ -199,4 +202,29 @@ class Retrainer:
         version = self.registry.rollback(name)
         if not self.load_serving(name):
             raise ModelLoadError(f"{name} {version} could not be loaded")
+        self._changed(name)
         return version
+
+    def _changed(self, name: str) -> None:
+        for callback in self.on_serving_change:
+            try:
+                callback(name)
+            except Exception:  # publishing must not undo what was served
+                log.exception("could not announce the new serving version of %s", name)
+
+    def adopt(self, record: bytes) -> str | None:
+        """Serve a version another worker published (see :meth:`ModelRegistry.adopt`); returns
+        the model name, or None when it already was the serving version here."""
+        head_len = int.from_bytes(record[:4], "big")
+        head = json.loads(record[4:4 + head_len])
+        if self.registry.serving(head["name"]) == head["version"] and self._serving_loaded(head["name"]):
+            return None
+        name, _ = self.registry.adopt(record)
+        if not self.load_serving(name):
+            raise ModelLoadError(f"{name}: the adopted version could not be loaded")
+        return name
+
+    def _serving_loaded(self, name: str) -> bool:
+        _, attr = MODELS[name]
+        model = getattr(self.pipeline, attr)
+        return model is not None and model.version == self.registry.serving(name)

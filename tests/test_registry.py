@@ -107,6 +107,27 @@ def test_tampered_model_is_refused_and_serving_stays(store):
     assert store.load("compression_predictor", CompressionPredictor()).version == va
 
 
+def test_a_published_version_is_adopted_by_another_store_and_tampering_is_refused(store, tmp_path):
+    va, vb = two_served(store)
+    record = store.export("compression_predictor")
+    other = ModelRegistry(tmp_path / "worker-b")
+    assert other.adopt(record) == ("compression_predictor", vb)
+    assert other.serving("compression_predictor") == vb
+    assert other.load("compression_predictor", CompressionPredictor()).version == vb
+    assert other.adopt(store.export("compression_predictor", va))[1] == va  # a rollback, published
+    tampered = bytearray(record)
+    tampered[-3] ^= 0xFF
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        ModelRegistry(tmp_path / "c").adopt(bytes(tampered))
+    head = json.loads(record[4:4 + int.from_bytes(record[:4], "big")])
+    head["version"] = "../../escape"
+    forged = json.dumps(head).encode()
+    with pytest.raises(ModelLoadError, match="unsafe"):
+        ModelRegistry(tmp_path / "c").adopt(len(forged).to_bytes(4, "big") + forged + b"x")
+    with pytest.raises(ModelLoadError, match="not a published model"):
+        ModelRegistry(tmp_path / "c").adopt(b"garbage")
+
+
 def test_cli_lists_versions_and_rolls_back(store):
     va, vb = two_served(store)
     cli = [sys.executable, "-m", "pakit_stream", "models"]

@@ -84,3 +84,34 @@ def test_a_dead_workers_partitions_move_and_nothing_acknowledged_is_lost(
     wait_until(lambda: (applied(restarted) + applied(b) - before_b) >= more
                and applied(b) >= before_b, timeout=120)
     assert b.get("/health")["status"] == "ok" and restarted.get("/health")["status"] == "ok"
+
+
+def test_the_leaders_new_model_reaches_every_worker(producer, daemon_factory, tmp_path):
+    """Only the leader retrains; the version it promotes is published on the models topic,
+    and every worker, each with its own model store, verifies it and serves it."""
+    from .test_retrain import stored_blocks
+
+    env = dict(PAKIT_STREAM_RETRAIN_CHECK_S=1, PAKIT_STREAM_RETRAIN_MIN_NEW=150,
+               PAKIT_STREAM_RETRAIN_MIN_SAMPLES=150, PAKIT_STREAM_RETRAIN_MIN_GAIN=-1,
+               PAKIT_STREAM_RETRAIN_TIMEOUT_S=240)
+    workers = [daemon_factory(tmp_path / "a", **env), daemon_factory(tmp_path / "b", **env)]
+    blocks = stored_blocks(0, 1200, seed=3)
+    deadline = time.monotonic() + 240
+    served = set()
+    sent = 0
+    while time.monotonic() < deadline:
+        for e in blocks[sent:sent + 200]:  # keep the stream going until a model is out
+            node = NODES[int(e["block_hash"][:8], 16) % len(NODES)]
+            producer.send("pakit.blocks", key=node.encode(),
+                          value=envelope([ev.raw(dict(e, node_id=node))]))
+        producer.flush()
+        sent = min(sent + 200, len(blocks))
+        served = {w.get("/health")["learners"]["codec_model"] for w in workers}
+        if len(served) == 1 and None not in served:
+            break
+        time.sleep(2)
+    assert len(served) == 1 and None not in served, f"workers serve {served}"
+    (version,) = served
+    for w, store in zip(workers, ("a", "b")):
+        assert (tmp_path / store / "compression_predictor" / version / "model.safetensors").exists()
+        assert w.post("/v1/hints/compression", {"block_size": 65536})["model_version"] == version

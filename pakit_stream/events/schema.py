@@ -40,6 +40,7 @@ __all__ = [
 MINHASH_PERM = 128
 MAX_ENVELOPE_EVENTS = 10_000  # hints wait at most one message: this bounds that wait
 DLQ_TOPIC = "pakit.dlq"
+MODELS_TOPIC = "pakit.models"  # serving batch-model versions, published by the leader
 
 BlockHash = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 Identifier = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]
