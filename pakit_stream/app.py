@@ -130,8 +130,11 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
         """The leader's new serving version goes to every worker through the models topic
         (compacted: the latest record per model is what a starting worker reads)."""
         record = retrainer.registry.export(name)
-        asyncio.ensure_future(models_topic.send(key=name.encode(), value=record))
+        task = asyncio.ensure_future(models_topic.send(key=name.encode(), value=record))
+        sending.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(sending.discard)
 
+    sending: set[asyncio.Future] = set()
     retrainer.on_serving_change.append(publish)
 
     @app.task
@@ -278,25 +281,14 @@ def _add_views(app: faust.App, hints: HintService, retrainer: Retrainer,
             # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway
             return self.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
 
-    @app.page("/v1/hints/peer")
-    class PeerHint(View):
-        async def post(self, request: Request) -> Response:
-            return answer(self, hints.peer, await request.read())
+    def posted_hint(call):
+        class Hint(View):
+            async def post(self, request: Request) -> Response:
+                return answer(self, call, await request.read())
+        return Hint
 
-    @app.page("/v1/hints/network")
-    class NetworkHint(View):
-        async def post(self, request: Request) -> Response:
-            return answer(self, hints.network, await request.read())
-
-    @app.page("/v1/hints/compression")
-    class CompressionHint(View):
-        async def post(self, request: Request) -> Response:
-            return answer(self, hints.compression, await request.read())
-
-    @app.page("/v1/hints/prefetch")
-    class PrefetchHint(View):
-        async def post(self, request: Request) -> Response:
-            return answer(self, hints.prefetch, await request.read())
+    for kind in ("peer", "network", "compression", "prefetch"):  # POST {JSON body}
+        app.page(f"/v1/hints/{kind}", name=f"hint_{kind}")(posted_hint(getattr(hints, kind)))
 
     @app.page("/v1/admin/models/{name}/gate/{version}")
     class AdminGate(View):

@@ -75,8 +75,8 @@ class CheckpointStore:
             return True
         async with self._lock:
             started = time.perf_counter()
+            # acquiring a free asyncio.Lock does not suspend: the snapshot reflects ``mark``
             try:
-                mark = tuple(sorted(pipeline.offsets.items()))  # what this snapshot reflects
                 blob = persist.dumps(pipeline.snapshot(), self.key)
                 if flush is not None:
                     await flush()

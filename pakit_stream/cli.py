@@ -99,8 +99,8 @@ def replay_source(args):
             events = _peer_events(replay.PeerReplay(matrix, node=args.host, seed=args.seed),
                                   args.seed)
         else:
-            from pakit_stream.evaluation.gossip import LOSSES, SIZES
             from pakit_stream.learners.network import NetworkOptimizer
+            from pakit_stream.replay.gossip import LOSSES, SIZES
 
             opt = NetworkOptimizer()
             events = replay.GossipReplay(matrix, seed=args.seed).rounds(

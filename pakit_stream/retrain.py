@@ -214,17 +214,11 @@ class Retrainer:
 
     def adopt(self, record: bytes) -> str | None:
         """Serve a version another worker published (see :meth:`ModelRegistry.adopt`); returns
-        the model name, or None when it already was the serving version here."""
-        head_len = int.from_bytes(record[:4], "big")
-        head = json.loads(record[4:4 + head_len])
-        if self.registry.serving(head["name"]) == head["version"] and self._serving_loaded(head["name"]):
+        the model name, or None when this worker already served it (its own publication)."""
+        name, version = self.registry.adopt(record)
+        served = getattr(self.pipeline, MODELS[name][1])
+        if served is not None and served.version == version:
             return None
-        name, _ = self.registry.adopt(record)
         if not self.load_serving(name):
             raise ModelLoadError(f"{name}: the adopted version could not be loaded")
         return name
-
-    def _serving_loaded(self, name: str) -> bool:
-        _, attr = MODELS[name]
-        model = getattr(self.pipeline, attr)
-        return model is not None and model.version == self.registry.serving(name)

@@ -19,7 +19,6 @@ from pakit_stream.evaluation import peers as peers_eval
 from pakit_stream.evaluation import prefetch as prefetch_eval
 from pakit_stream.evaluation.report import Evaluation, verdict
 from pakit_stream.learners.network import NetworkOptimizer
-from pakit_stream.replay import RttMatrix
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -261,4 +260,3 @@ def test_evaluate_refuses_unknown_learners_and_missing_data(tmp_path):
         evaluate("weather", [tmp_path], tmp_path / "o")
     with pytest.raises(FileNotFoundError, match="no such data"):
         evaluate("dedup", [tmp_path / "nope"], tmp_path / "o")
-    assert RttMatrix  # imported for the fixtures' format

@@ -23,14 +23,12 @@ import numpy as np
 
 from pakit_stream.evaluation.report import OURS, Evaluation, figure, labels, save
 from pakit_stream.learners.network import FALLBACK_FANOUT, FALLBACK_TTL, NetworkOptimizer
-from pakit_stream.replay.gossip import GossipReplay, broadcast
+from pakit_stream.replay.gossip import LOSSES, SIZES, GossipReplay, broadcast
 from pakit_stream.replay.latency import RttMatrix
 from pakit_stream.settings import Settings
 
-__all__ = ["run", "SIZES", "LOSSES"]
+__all__ = ["run"]
 
-SIZES = (20, 50, 100, 200, 500, 1000, 2000)
-LOSSES = (0.0, 0.02, 0.1)
 TARGET = 0.995
 
 

@@ -21,9 +21,11 @@ import numpy as np
 
 from pakit_stream.replay.latency import RttMatrix
 
-__all__ = ["broadcast", "GossipReplay"]
+__all__ = ["broadcast", "GossipReplay", "SIZES", "LOSSES"]
 
 _SAME_HOST_MS = 1.0
+SIZES = (20, 50, 100, 200, 500, 1000, 2000)  # network sizes, tens to thousands of nodes
+LOSSES = (0.0, 0.02, 0.1)  # message loss rates
 
 
 def broadcast(n: int, fanout: int, ttl: int, loss: float, rng: np.random.Generator,
