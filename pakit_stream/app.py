@@ -21,6 +21,7 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
+from pakit_stream import resume
 from pakit_stream.checkpoint import CheckpointStore
 from pakit_stream.events.decode import Rejected
 from pakit_stream.events.schema import DLQ_TOPIC, MODELS_TOPIC, TOPICS
@@ -130,7 +131,8 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
         """The leader's new serving version goes to every worker through the models topic
         (compacted: the latest record per model is what a starting worker reads)."""
         record = retrainer.registry.export(name)
-        task = asyncio.ensure_future(models_topic.send(key=name.encode(), value=record))
+        task = asyncio.ensure_future(models_topic.send(key=name.encode(), value=record,
+                                                    partition=0))
         sending.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(sending.discard)
 
@@ -140,21 +142,46 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
     @app.task
     async def follow_models() -> None:
         """Every worker reads the whole models topic, outside the consumer group, and serves
-        what the leader published (its own publications are recognised and skipped)."""
+        what the leader published (its own publications are recognised and skipped). A broker
+        outage only pauses it; a models log recreated empty (a restarted memory-only broker) is
+        read again from its start, and the leader publishes its serving versions into it."""
+        while True:
+            try:
+                await _follow_models()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reading %s failed (%r); retrying in 5 s", MODELS_TOPIC, exc)
+                await asyncio.sleep(5)
+
+    async def _follow_models() -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
+        tp = TopicPartition(MODELS_TOPIC, 0)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=64 << 20,
             fetch_max_bytes=64 << 20, **_aiokafka_security(settings))
         await consumer.start()
         try:
-            consumer.assign([TopicPartition(MODELS_TOPIC, 0)])
+            consumer.assign([tp])
             await consumer.seek_to_beginning()
+            read = 0  # the next offset to read
             while True:
                 batches = await consumer.getmany(timeout_ms=1000)
+                high = consumer.highwater(tp)
+                if high is not None and high < read:  # the log was recreated
+                    log.warning("%s was recreated; reading it again from its start", MODELS_TOPIC)
+                    consumer.seek(tp, 0)
+                    read = 0
+                    if app.is_leader():
+                        for name in MODELS:
+                            if retrainer.registry.serving(name):
+                                publish(name)
+                    continue
                 for records in batches.values():
                     for record in records:
+                        read = record.offset + 1
                         try:
                             name = retrainer.adopt(record.value)
                         except Exception:
@@ -188,7 +215,8 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                     log.exception("message %s/%s failed", message.partition, message.offset)
                     rejects = [Rejected(event.value or b"", f"internal error: {exc!r}", "error")]
                     metrics.events.labels(topic=topic_name, outcome="error").inc()
-                    pipeline.offsets[f"{topic_name}/{message.partition}"] = message.offset + 1
+                    pipeline.mark(f"{topic_name}/{message.partition}", message.offset,
+                                  event.value)
                 if rejects:
                     await to_dlq(rejects, message)
                 # a buffered stream never suspends by itself: yield once per message, so the
@@ -211,6 +239,14 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
 
     app.timer(settings.checkpoint_interval_s, name="pakit_stream.checkpoint")(checkpoint)
 
+    async def read_again(tp, why: str) -> None:
+        """The partition's log was recreated under the same name: read it from its start."""
+        log.warning("%s/%s: %s; the log was recreated (a restarted memory-only broker?), "
+                    "reading it again from offset 0", tp.topic, tp.partition, why)
+        pipeline.forget(f"{tp.topic}/{tp.partition}")
+        metrics.log_resets.labels(topic=tp.topic).inc()
+        await app.consumer.seek(tp, 0)
+
     @app.timer(1.0, name="pakit_stream.lag")
     async def measure_lag() -> None:
         lag: dict[str, int] = dict.fromkeys(TOPICS, 0)
@@ -218,9 +254,13 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
         for tp in consumer.assignment():
             if tp.topic in lag:
                 high = consumer.highwater(tp)  # tansu's ListOffsets is wrong; the fetch HW is not
-                if high is not None:
-                    done = pipeline.offsets.get(f"{tp.topic}/{tp.partition}", 0)
-                    lag[tp.topic] += max(high - done, 0)
+                if high is None:
+                    continue
+                done = pipeline.offsets.get(f"{tp.topic}/{tp.partition}", 0)
+                if high < done:  # a log only shrinks when it is recreated
+                    await read_again(tp, f"its end {high} is below the applied offset {done}")
+                    done = 0
+                lag[tp.topic] += high - done
         for topic_name, value in lag.items():
             metrics.lag.labels(topic=topic_name).set(value)
 
@@ -234,11 +274,24 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
 
     @app.on_partitions_assigned.connect
     async def resume_from_checkpoint(sender, assigned, **kwargs) -> None:
-        for tp in assigned:
-            offset = pipeline.offsets.get(f"{tp.topic}/{tp.partition}")
-            if tp.topic in TOPICS and offset is not None:
+        saved = {tp: pipeline.offsets[key] for tp in assigned if tp.topic in TOPICS
+                 and pipeline.offsets.get(key := f"{tp.topic}/{tp.partition}")}
+        try:  # is each saved offset still a position in the same log?
+            seen = await resume.probe(bootstrap, saved, settings.resume_probe_timeout_s,
+                                      **_aiokafka_security(settings))
+        except Exception:
+            log.exception("could not read the records before the saved offsets; resuming there")
+            seen = {}
+        for tp, offset in saved.items():
+            record, high = seen.get(tp, (None, None))
+            tail = pipeline.tails.get(f"{tp.topic}/{tp.partition}")
+            if resume.judge(offset, tail, record, high) is resume.Verdict.RECREATED:
+                await read_again(tp, f"the record before the saved offset {offset} is gone "
+                                     "or different")
+            else:
                 await app.consumer.seek(tp, offset)
-        log.info("assigned %d partitions; resumed from checkpoint offsets", len(assigned))
+        log.info("assigned %d partitions; resumed %d from checkpoint offsets",
+                 len(assigned), len(saved))
 
     @app.on_partitions_revoked.connect
     async def checkpoint_before_revoke(sender, revoked, **kwargs) -> None:

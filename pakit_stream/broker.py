@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pakit_stream.exceptions import BrokerError
 
-__all__ = ["EmbeddedBroker", "free_port", "ensure_topics", "wait_for_broker"]
+__all__ = ["EmbeddedBroker", "create_topics", "ensure_topics", "free_port", "wait_for_broker"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,18 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int,
                 pass
     finally:
         admin.close()
+
+
+def create_topics(bootstrap: str, partitions: int, **client_config) -> None:
+    """Create whichever of pakit-stream's topics do not exist: the telemetry topics and the
+    dead-letter topic with ``partitions`` each, and the models topic, compacted, with one
+    partition (the latest record of each model is all a starting worker needs)."""
+    from pakit_stream.events.schema import DLQ_TOPIC, MODELS_TOPIC, TOPICS
+
+    ensure_topics(bootstrap, [*TOPICS, DLQ_TOPIC], partitions, **client_config)
+    ensure_topics(bootstrap, [MODELS_TOPIC], 1, configs={"cleanup.policy": "compact",
+                                                         "max.message.bytes": str(64 << 20)},
+                  **client_config)
 
 
 class EmbeddedBroker:

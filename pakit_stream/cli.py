@@ -45,14 +45,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_broker(args) -> int:
-    from pakit_stream.broker import EmbeddedBroker, ensure_topics
-    from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
+    from pakit_stream.broker import EmbeddedBroker, create_topics
 
     _logging("warning")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with EmbeddedBroker(port=args.port) as broker:
-            ensure_topics(broker.bootstrap, [*TOPICS, DLQ_TOPIC], args.partitions)
+            create_topics(broker.bootstrap, args.partitions)
             print(f"tansu broker listening on {broker.bootstrap} (Ctrl-C stops it)", flush=True)
             while broker.process.poll() is None:
                 time.sleep(0.5)

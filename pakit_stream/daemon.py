@@ -7,9 +7,8 @@ import importlib.util
 import logging
 
 from pakit_stream import persist
-from pakit_stream.broker import EmbeddedBroker, ensure_topics, wait_for_broker
+from pakit_stream.broker import EmbeddedBroker, create_topics, wait_for_broker
 from pakit_stream.checkpoint import CheckpointStore
-from pakit_stream.events.schema import DLQ_TOPIC, MODELS_TOPIC, TOPICS
 from pakit_stream.metrics import Metrics
 from pakit_stream.pipeline import Pipeline
 from pakit_stream.settings import Settings
@@ -50,12 +49,7 @@ def run_daemon(settings: Settings, loglevel: str = "info") -> None:
             broker = stack.enter_context(EmbeddedBroker(log_path=settings.data_dir / "broker.log"))
             bootstrap = broker.bootstrap
             print(f"embedded broker listening on {bootstrap}", flush=True)
-        ensure_topics(bootstrap, [*TOPICS, DLQ_TOPIC], settings.topic_partitions,
-                      **settings.kafka_config())
-        # one partition, compacted: the latest record of each model is all a new worker needs
-        ensure_topics(bootstrap, [MODELS_TOPIC], 1, configs={"cleanup.policy": "compact",
-                                                             "max.message.bytes": str(64 << 20)},
-                      **settings.kafka_config())
+        create_topics(bootstrap, settings.topic_partitions, **settings.kafka_config())
         app = build(settings, bootstrap)
         print(f"pakit-stream serving on http://{settings.web_host}:{settings.web_port}", flush=True)
         worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

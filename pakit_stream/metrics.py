@@ -36,6 +36,9 @@ class Metrics:
         self.duplicates = Counter("duplicate_messages", "Messages skipped because the restored "
                                   "checkpoint already reflects them.", ["topic"],
                                   namespace=ns, registry=r)
+        self.log_resets = Counter("log_resets", "Partitions read again from offset 0 because "
+                                  "their log was recreated under the same name.", ["topic"],
+                                  namespace=ns, registry=r)
         self.dlq = Counter("dlq_messages", "Messages written to the dead-letter topic, by kind.",
                            ["kind"], namespace=ns, registry=r)
         self.dlq_failures = Counter("dlq_failures", "Refused messages that could not be "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import zlib
 from collections import deque
 from typing import Any
 
@@ -105,6 +106,10 @@ class Pipeline:
         self.prefetch_model = None  # the serving GRU (numpy), swapped in by the retrainer
         self.prefetch_new = 0
         self.offsets: dict[str, int] = {}
+        #: CRC-32 of the last applied message of each partition: on resume, the record before
+        #: the saved offset must still carry it, or the log was recreated (a restarted
+        #: memory-only broker) and the offset belongs to a log that no longer exists
+        self.tails: dict[str, int] = {}
         self.applied: dict[str, int] = dict.fromkeys(TOPICS, 0)
         self.quality = {name: _Mean() for name in _QUALITY_BOUNDS}
         self._gauges = {"bandit_replay": m.bandit_reward, "bandit_logged": m.bandit_logged_reward,
@@ -150,10 +155,21 @@ class Pipeline:
             rejects = rejects + self.apply(topic, decoded.events)
         for r in rejects:
             self.metrics.events.labels(topic=topic, outcome=r.kind).inc()
-        self.offsets[key] = offset + 1
+        self.mark(key, offset, value)
         self._m_messages[topic].inc()
         self._m_seconds[topic].observe(time.perf_counter() - started)
         return rejects
+
+    def mark(self, key: str, offset: int, value: bytes | None) -> None:
+        """Record that the message at ``offset`` of partition ``key`` (``topic/partition``)
+        is reflected in the state."""
+        self.offsets[key] = offset + 1
+        self.tails[key] = zlib.crc32(value or b"")
+
+    def forget(self, key: str) -> None:
+        """The partition's log was recreated: its next message, from offset 0, is new."""
+        self.offsets.pop(key, None)
+        self.tails.pop(key, None)
 
     def apply(self, topic: str, events: list[Event]) -> list[Rejected]:
         """Learn from decoded events of ``topic``; events that make a learner fail are
@@ -290,6 +306,7 @@ class Pipeline:
             "version": SNAPSHOT_VERSION,
             "created": time.time(),
             "offsets": dict(self.offsets),
+            "tails": dict(self.tails),
             "applied": dict(self.applied),
             "quality": {k: (v.total, v.n) for k, v in self.quality.items()},
             "seen": (self._peer_seen, self._gossip_seen),
@@ -303,6 +320,7 @@ class Pipeline:
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {snap.get('version')} is not {SNAPSHOT_VERSION}")
         self.offsets = dict(snap["offsets"])
+        self.tails = dict(snap.get("tails", {}))  # older checkpoints have none
         self.applied.update(snap["applied"])
         for k, (total, n) in snap["quality"].items():
             self.quality[k].total, self.quality[k].n = total, n

@@ -63,6 +63,10 @@ class Settings:
     rebalance_timeout_s: float = _setting(
         6.0, "Consumer-group session and rebalance timeout: how fast a dead worker is noticed."
     )
+    resume_probe_timeout_s: float = _setting(
+        5.0, "Seconds to wait, on partition assignment, for the records before the saved "
+        "offsets (to tell a recreated log from the one the checkpoint was taken on)."
+    )
     max_message_bytes: int = _setting(
         8 * 1024 * 1024, "Largest Kafka message value accepted; larger ones go to the DLQ."
     )
@@ -180,7 +184,7 @@ class Settings:
                     "retrain_min_new", "retrain_min_samples", "retrain_timeout_s", "retrain_threads",
                     "prefetch_window", "prefetch_max_vocab", "bandit_latency_scale_ms", "bandit_max_peers",
                     "eval_every", "lsh_capacity", "successor_capacity",
-                    "stream_buffer_messages")
+                    "stream_buffer_messages", "resume_probe_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -53,13 +53,14 @@ def daemon_factory(broker, tmp_path):
         d.kill()
 
 
-def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0):
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0,
+               partitions: int = PARTITIONS):
     """Every record of ``topic`` (no consumer group: kafka-python groups hang on tansu)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                              enable_auto_commit=False, auto_offset_reset="earliest")
-    consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
     records = []
     deadline = time.monotonic() + timeout
     try:

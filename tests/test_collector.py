@@ -44,6 +44,12 @@ def test_spool_validates_and_reads_back(tmp_path):
         assert c.pending() == 4
 
 
+def test_envelopes_are_no_larger_than_the_daemon_accepts(tmp_path):
+    with pytest.raises(ValueError, match="1..10000"):
+        TelemetryCollector(tmp_path / "t.db", batch_size=10_001)
+    assert not (tmp_path / "t.db").exists()
+
+
 def test_node_id_is_random_but_stable(tmp_path):
     with TelemetryCollector(tmp_path / "t.db") as c:
         first = c.node_id

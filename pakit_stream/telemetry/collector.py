@@ -31,7 +31,8 @@ from typing import Any
 import msgspec
 
 from pakit_stream.events.decode import classify_error
-from pakit_stream.events.schema import EVENT_TYPES, TOPIC_OF, Event, wire_type
+from pakit_stream.events.schema import (EVENT_TYPES, MAX_ENVELOPE_EVENTS, TOPIC_OF, Event,
+                                        wire_type)
 from pakit_stream.exceptions import InvalidEventError, PrivacyViolation
 from pakit_stream.telemetry.publish import envelope, group_by_topic, make_producer
 
@@ -81,7 +82,8 @@ class TelemetryCollector:
     broker
         Kafka ``HOST:PORT``; ``None`` spools only.
     batch_size
-        Events per envelope, and pending events that trigger a flush.
+        Events per envelope (at most ``MAX_ENVELOPE_EVENTS``, the most the daemon accepts in
+        one message), and pending events that trigger a flush.
     flush_interval_s
         ``record()`` also flushes when this long has passed since the last flush.
     keep_sent
@@ -92,6 +94,9 @@ class TelemetryCollector:
                  broker: str | None = None, batch_size: int = 500, flush_interval_s: float = 1.0,
                  keep_sent: int = 100_000, producer_config: dict[str, Any] | None = None) -> None:
         self.db_path = Path(db_path)
+        if not 0 < batch_size <= MAX_ENVELOPE_EVENTS:
+            raise ValueError(f"batch_size must be in 1..{MAX_ENVELOPE_EVENTS} (the daemon refuses "
+                             f"larger envelopes), got {batch_size}")
         self.broker, self.batch_size = broker, batch_size
         self.flush_interval_s, self.keep_sent = flush_interval_s, keep_sent
         self._producer_config = producer_config or {}
