@@ -66,8 +66,9 @@ def judge(offset: int, tail: int | None, record: tuple[int, bytes | None] | None
 
 async def probe(bootstrap: str, positions: Mapping[Any, int], timeout: float = 5.0,
                 **client_config) -> dict[Any, tuple[tuple[int, bytes | None] | None, int | None]]:
-    """For each partition (aiokafka ``TopicPartition``) and resume offset, the first record at
-    or after ``offset - 1`` and the fetch high-watermark, read outside any consumer group.
+    """For each partition (anything with ``topic`` and ``partition``, as Faust's ``TP``) and
+    resume offset, the first record at or after ``offset - 1`` and the fetch high-watermark,
+    read outside any consumer group.
 
     A partition for which the broker answered neither within ``timeout`` maps to
     ``(None, None)``; :func:`judge` calls that unchecked.
