@@ -27,9 +27,8 @@ import msgspec
 import numpy as np
 from ingest import envelopes, make_events
 
-from pakit_stream.broker import EmbeddedBroker, ensure_topics
+from pakit_stream.broker import EmbeddedBroker, create_topics
 from pakit_stream.demo import DaemonProcess
-from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
 from pakit_stream.metrics import Metrics
 from pakit_stream.pipeline import Pipeline
 from pakit_stream.serving.hints import HintService
@@ -82,7 +81,7 @@ def in_process(msgs, reqs, calls: int) -> dict[str, dict[str, float]]:
 
 def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float) -> dict[str, dict]:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
-        ensure_topics(broker.bootstrap, [*TOPICS, DLQ_TOPIC], 2)
+        create_topics(broker.bootstrap, 2)
         producer = make_producer(broker.bootstrap)
         counts: dict[str, int] = {}
         for topic, value, n in msgs:

@@ -30,9 +30,8 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from pakit_stream.broker import EmbeddedBroker, ensure_topics
+from pakit_stream.broker import EmbeddedBroker, create_topics, ensure_topics
 from pakit_stream.demo import DaemonProcess
-from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
 from pakit_stream.metrics import Metrics
 from pakit_stream.pipeline import Pipeline
 from pakit_stream.settings import Settings
@@ -225,7 +224,7 @@ def main() -> None:
     loops = {}
     for loop in ("aio", "uvloop"):  # a fresh broker each, so both drain the same backlog
         with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
-            ensure_topics(broker.bootstrap, [*TOPICS, DLQ_TOPIC], 4)
+            create_topics(broker.bootstrap, 4)
             loops[loop] = r = bench_pipeline(broker.bootstrap, msgs, Path(tmp) / "store", loop)
             print(f"full pipeline, {loop:<7}:     {r['events_per_s']:>10,.0f} events/s "
                   f"({r['events']} events in {r['seconds']:.1f}s, "

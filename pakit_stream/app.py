@@ -169,8 +169,7 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
             read = 0  # the next offset to read
             while True:
                 batches = await consumer.getmany(timeout_ms=1000)
-                high = consumer.highwater(tp)
-                if high is not None and high < read:  # the log was recreated
+                if resume.shrank(consumer.highwater(tp), read):
                     log.warning("%s was recreated; reading it again from its start", MODELS_TOPIC)
                     consumer.seek(tp, 0)
                     read = 0
@@ -257,7 +256,7 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                 if high is None:
                     continue
                 done = pipeline.offsets.get(f"{tp.topic}/{tp.partition}", 0)
-                if high < done:  # a log only shrinks when it is recreated
+                if resume.shrank(high, done):
                     await read_again(tp, f"its end {high} is below the applied offset {done}")
                     done = 0
                 lag[tp.topic] += high - done
@@ -274,8 +273,8 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
 
     @app.on_partitions_assigned.connect
     async def resume_from_checkpoint(sender, assigned, **kwargs) -> None:
-        saved = {tp: pipeline.offsets[key] for tp in assigned if tp.topic in TOPICS
-                 and pipeline.offsets.get(key := f"{tp.topic}/{tp.partition}")}
+        keys = {tp: f"{tp.topic}/{tp.partition}" for tp in assigned if tp.topic in TOPICS}
+        saved = {tp: pipeline.offsets[k] for tp, k in keys.items() if pipeline.offsets.get(k)}
         try:  # is each saved offset still a position in the same log?
             seen = await resume.probe(bootstrap, saved, settings.resume_probe_timeout_s,
                                       **_aiokafka_security(settings))
@@ -284,7 +283,7 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
             seen = {}
         for tp, offset in saved.items():
             record, high = seen.get(tp, (None, None))
-            tail = pipeline.tails.get(f"{tp.topic}/{tp.partition}")
+            tail = pipeline.tails.get(keys[tp])
             if resume.judge(offset, tail, record, high) is resume.Verdict.RECREATED:
                 await read_again(tp, f"the record before the saved offset {offset} is gone "
                                      "or different")

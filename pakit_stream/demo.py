@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pakit_stream.broker import EmbeddedBroker, ensure_topics, free_port
+from pakit_stream.broker import EmbeddedBroker, create_topics, free_port
 from pakit_stream.events import block_minhash
-from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
+from pakit_stream.events.schema import TOPICS
 from pakit_stream.simulate import NodeSimulator, default_source, gossip_round, read_blocks
 from pakit_stream.telemetry import TelemetryCollector
 from pakit_stream.telemetry.publish import make_producer
@@ -117,7 +117,7 @@ def run_demo(seconds: float = 60.0, source: Path | None = None, data_dir: Path |
     sim = NodeSimulator(blocks)
     print(f"  {len(blocks)} real blocks from {len({b.file_index for b in blocks})} files", flush=True)
     with EmbeddedBroker(log_path=data_dir / "broker.log") as broker:
-        ensure_topics(broker.bootstrap, [*TOPICS, DLQ_TOPIC], 4)
+        create_topics(broker.bootstrap, 4)
         daemon = DaemonProcess(broker.bootstrap, data_dir, web_port or None).start()
         print(f"  broker {broker.bootstrap}, daemon {daemon.url}", flush=True)
         try:

@@ -29,7 +29,17 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
-__all__ = ["Verdict", "judge", "probe"]
+__all__ = ["Verdict", "judge", "probe", "shrank"]
+
+
+def shrank(highwater: int | None, offset: int) -> bool:
+    """Does the log end (fetch ``highwater``) before ``offset``, a position already read in
+    it? A log never shrinks, so it was recreated.
+
+    >>> shrank(3, 42), shrank(42, 42), shrank(None, 42)
+    (True, False, False)
+    """
+    return highwater is not None and highwater < offset
 
 
 class Verdict(str, Enum):
@@ -59,9 +69,7 @@ def judge(offset: int, tail: int | None, record: tuple[int, bytes | None] | None
         if found < offset - 1:  # a consumer reset to an earlier start: the log is shorter
             return Verdict.RECREATED
         return Verdict.UNCHECKED
-    if highwater is not None and highwater < offset:
-        return Verdict.RECREATED
-    return Verdict.UNCHECKED
+    return Verdict.RECREATED if shrank(highwater, offset) else Verdict.UNCHECKED
 
 
 async def probe(bootstrap: str, positions: Mapping[Any, int], timeout: float = 5.0,
@@ -98,9 +106,8 @@ async def probe(bootstrap: str, positions: Mapping[Any, int], timeout: float = 5
                     result[own[tp]] = ((records[0].offset, records[0].value), consumer.highwater(tp))
                     pending.discard(tp)
             for tp in list(pending):
-                high = consumer.highwater(tp)
-                if high is not None and high < positions[tp]:  # the log ends before the offset
-                    result[own[tp]] = (None, high)
+                if shrank(consumer.highwater(tp), positions[tp]):  # no record to wait for
+                    result[own[tp]] = (None, consumer.highwater(tp))
                     pending.discard(tp)
             await asyncio.sleep(0)
         return result

@@ -5,9 +5,8 @@ import time
 
 import pytest
 
-from pakit_stream.broker import EmbeddedBroker, ensure_topics
+from pakit_stream.broker import EmbeddedBroker, create_topics
 from pakit_stream.demo import DaemonProcess
-from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
 from pakit_stream.telemetry.publish import make_producer
 
 PARTITIONS = 2
@@ -25,7 +24,7 @@ def _reap_garbage():
 def broker(tmp_path):
     """A fresh embedded tansu broker, with the telemetry topics, per test."""
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as b:
-        ensure_topics(b.bootstrap, [*TOPICS, DLQ_TOPIC], PARTITIONS)
+        create_topics(b.bootstrap, PARTITIONS)
         yield b
 
 

@@ -2,8 +2,7 @@ import json
 
 import pytest
 
-from pakit_stream.broker import EmbeddedBroker, ensure_topics, free_port
-from pakit_stream.events.schema import DLQ_TOPIC, TOPICS
+from pakit_stream.broker import EmbeddedBroker, create_topics, free_port
 from pakit_stream.exceptions import InvalidEventError, PrivacyViolation
 from pakit_stream.telemetry import TelemetryCollector
 
@@ -78,14 +77,14 @@ def test_broker_outage_loses_nothing(tmp_path):
     assert c.flush(timeout=2) == 0 and c.pending() == 20  # no broker yet: all spooled
 
     with EmbeddedBroker(port=port) as b:
-        ensure_topics(b.bootstrap, [*TOPICS, DLQ_TOPIC], 2)
+        create_topics(b.bootstrap, 2)
         assert c.flush() == 20 and c.pending() == 0
         record_accesses(c, 20, 15)
     # broker down again (and, being memory-only, it forgets its topics)
     assert c.flush(timeout=2) == 0 and c.pending() == 15
 
     with EmbeddedBroker(port=port) as b:
-        ensure_topics(b.bootstrap, [*TOPICS, DLQ_TOPIC], 2)
+        create_topics(b.bootstrap, 2)
         for _ in range(3):
             if c.flush() and not c.pending():
                 break

@@ -24,7 +24,7 @@ def verdict(bootstrap: str, offset: int, tail: int) -> Verdict:
     return judge(offset, tail, record, high)
 
 
-def test_the_record_before_the_offset_tells_the_same_log_from_a_recreated_one(tmp_path):
+def test_the_record_before_the_offset_tells_the_same_log_from_a_recreated_one():
     port = free_port()
     first = [f"first-{i}".encode() for i in range(10)]
     applied_to, tail = 6, zlib.crc32(first[5])  # a checkpoint after offsets 0..5
@@ -39,4 +39,3 @@ def test_the_record_before_the_offset_tells_the_same_log_from_a_recreated_one(tm
         assert verdict(b.bootstrap, applied_to, tail) is Verdict.RECREATED  # shorter
         fill(b.bootstrap, [f"second-{i}".encode() for i in range(2, 12)])
         assert verdict(b.bootstrap, applied_to, tail) is Verdict.RECREATED  # longer, different
-
