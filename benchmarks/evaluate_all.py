@@ -2,10 +2,12 @@
 
     python benchmarks/evaluate_all.py --shared ../shared/data --out docs/results
 
-Runs ``pakit-stream evaluate`` for each learner and data set below (about 15 minutes on two
-cores), writes ``OUT/<run>/results.json`` and ``report.md`` with plots, and rewrites the
-section between the results markers of README.md (``pakit-stream results``). Near-duplicate
-data beyond the shared corpora: successive releases of two PyPI packages, downloaded with pip
+Runs ``pakit-stream evaluate`` for each learner and data set below, three seeds each (about
+90 minutes on two cores; run it on an otherwise idle machine: the codec figures are CPU
+timings), writes ``OUT/<run>/results.json`` and ``report.md`` with plots, and rewrites the
+section between the results markers of README.md (``pakit-stream results``). Every trace of
+``traces/`` is its own run, and so is every CPU price of the codec evaluation. Near-duplicate
+data beyond the shared corpora: successive releases of PyPI packages, downloaded with pip
 into ``--near-duplicates`` (skipped with ``--no-download`` when the folder is empty).
 """
 
@@ -20,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 from pakit_stream.evaluation import evaluate, readme_section, update_readme
+from pakit_stream.evaluation.compression import PRICES
 
 ROOT = Path(__file__).resolve().parent.parent
 # successive releases: most files unchanged (exact duplicates), edited ones near-duplicates
@@ -58,18 +61,17 @@ def main() -> None:
     d = args.shared
     rtt = d / "latency" / "seattle_rtt_99x99x688.tar.xz"
     traces = d / "traces"
-    runs = {
-        "compression": ("compression", [d / "corpora"], {"cpu_bytes_per_us": 1.0}),
-        "compression-cpu20": ("compression", [d / "corpora"], {"cpu_bytes_per_us": 20.0}),
-        "prefetch-lirs": ("prefetch", [traces / "lirs" / "multi1.trace.gz",
-                                       traces / "lirs" / "sprite.trace.gz"], {"fmt": "lines"}),
-        "prefetch-cloudphysics": ("prefetch", [traces / "cloudphysics_io.oracleGeneral.bin"],
-                                  {"fmt": "oracle-general"}),
-        "prefetch-w106": ("prefetch", [traces / "cloudphysics_w106.trace.xz"], {"fmt": "u32be"}),
-        "peers": ("peers", [rtt], {"unit": "s", "nodes": 16}),
-        "gossip": ("gossip", [rtt], {"unit": "s"}),
-        "dedup-corpora": ("dedup", [d / "corpora"], {}),
-    }
+    runs = {f"compression-cpu{lam:g}": ("compression", [d / "corpora"], {"cpu_bytes_per_us": lam})
+            for lam in PRICES}
+    for trace in sorted((traces / "lirs").glob("*.trace.gz")):
+        runs[f"prefetch-lirs-{trace.name.split('.')[0]}"] = ("prefetch", [trace], {"fmt": "lines"})
+    runs["prefetch-cloudphysics"] = ("prefetch", [traces / "cloudphysics_io.oracleGeneral.bin"],
+                                     {"fmt": "oracle-general"})
+    # (cloudphysics_io.csv is the same trace as the .bin: not run twice)
+    runs["prefetch-w106"] = ("prefetch", [traces / "cloudphysics_w106.trace.xz"], {"fmt": "u32le"})
+    runs["peers"] = ("peers", [rtt], {"unit": "s", "nodes": 16})
+    runs["gossip"] = ("gossip", [rtt], {"unit": "s"})
+    runs["dedup-corpora"] = ("dedup", [d / "corpora"], {})
     near = releases(args.near_duplicates, not args.no_download)
     if near is not None:
         runs["dedup-releases"] = ("dedup", [near], {})
@@ -80,8 +82,10 @@ def main() -> None:
         paths = [Path(os.path.relpath(p)) for p in paths]  # reports name data as it was given
         doc = evaluate(learner, paths, args.out / name, **opts)
         v = doc["verdict"]
-        print(f"{name}: {v['metric']} ours {v['ours']} vs {v['naive_baseline']} {v['naive']} "
-              f"(beats naive: {v['beats_naive']}) in {time.time() - started:.0f}s", flush=True)
+        print(f"{name}: {v['metric']} ours {v['ours']} vs {v['naive_baseline']} {v['naive']}, "
+              f"best other {v['best_baseline']} {v['best']} (beats it: {v['beats_best_baseline']}"
+              f", significant: {v.get('beats_best_significant')}) in "
+              f"{time.time() - started:.0f}s", flush=True)
     files = [args.out / name / "results.json" for name in runs
              if (args.out / name / "results.json").exists()]
     update_readme(ROOT / "README.md", readme_section(files, ROOT))

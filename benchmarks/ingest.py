@@ -143,7 +143,9 @@ def _served_codec_model(trained_on: Pipeline):
     from pakit_stream.serving.codec import ServedCodecModel
     from pakit_stream.training import ModelTrainer, TrainingConfig, TrainingDataset
 
-    data = TrainingDataset(list(trained_on.codec_window)[:5000])
+    lam = trained_on.codec.cpu_bytes_per_us
+    data = TrainingDataset([(x["features"], {c: b + lam * us for c, (b, us) in costs.items()})
+                            for x, costs in list(trained_on.codec_window)[:5000]])
     model = CompressionPredictor()
     ModelTrainer(TrainingConfig(num_epochs=3)).train(model, *data.split(0.8, 0.2, 0.0)[:2])
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,8 +4,8 @@ Where to start reading, following one event from Kafka to a served hint:
 
 1. :mod:`pakit_stream.events` — the event contract, decoding, and why an event is refused.
 2. :mod:`pakit_stream.pipeline` — one message in, learners updated, offsets tracked.
-3. :mod:`pakit_stream.learners` — the online learners (peer bandit, gossip Q-learner,
-   MinHash LSH dedup, successor table).
+3. :mod:`pakit_stream.learners` — the online learners (peer bandit, codec cost model, gossip
+   Q-learner, MinHash LSH dedup, successor table).
 4. :mod:`pakit_stream.app` — the Faust agents, checkpoint timer and HTTP views.
 5. :mod:`pakit_stream.serving` — the hints, with their fallbacks.
 
@@ -18,8 +18,8 @@ from pakit_stream.base_model import ModelConfig
 from pakit_stream.exceptions import (BrokerError, ConfigError, InvalidEventError, ModelLoadError,
                                      PakitStreamError, PrivacyViolation)
 from pakit_stream.features import FeatureExtractor
-from pakit_stream.learners import (DeduplicationOptimizer, NetworkOptimizer, PeerSelector,
-                                   SuccessorTable)
+from pakit_stream.learners import (CodecCostModel, DeduplicationOptimizer, NetworkOptimizer,
+                                   PeerSelector, SuccessorTable)
 from pakit_stream.pipeline import Pipeline
 from pakit_stream.settings import Settings
 from pakit_stream.telemetry import TelemetryCollector
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BrokerError",
+    "CodecCostModel",
     "ConfigError",
     "DeduplicationOptimizer",
     "FeatureExtractor",

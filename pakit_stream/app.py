@@ -371,4 +371,5 @@ def _add_views(app: faust.App, hints: HintService, retrainer: Retrainer,
     @app.page("/v1/hints/similar/{block_hash}")
     class SimilarHint(View):
         async def get(self, request: Request, block_hash: str) -> Response:
-            return answer(self, hints.similar, block_hash, request.query.get("top_k", "5"))
+            return answer(self, hints.similar, block_hash, request.query.get("top_k", "5"),
+                          request.query.get("min_jaccard"))

@@ -19,6 +19,9 @@ from pathlib import Path
 from pakit_stream.exceptions import ConfigError
 from pakit_stream.settings import Settings
 
+# kept here rather than imported: the CLI starts without loading the replay stack
+TRACE_FORMATS = ("oracle-general", "lines", "csv", "u32le", "u32be")
+
 __all__ = ["main"]
 
 
@@ -144,7 +147,7 @@ def cmd_replay(args) -> int:
 def cmd_evaluate(args) -> int:
     from pakit_stream.evaluation import evaluate
 
-    opts = {"seed": args.seed}
+    opts = {"seeds": args.seeds}
     if args.learner in ("peers", "gossip"):
         if not args.unit:
             print(f"error: evaluate {args.learner} needs --unit s|ms", file=sys.stderr)
@@ -152,13 +155,14 @@ def cmd_evaluate(args) -> int:
         opts.update(unit=args.unit, max_slices=args.max_slices)
     if args.learner == "prefetch":
         if not args.format:
-            print("error: evaluate prefetch needs --format oracle-general|lines|csv|u32be",
+            print("error: evaluate prefetch needs --format " + "|".join(TRACE_FORMATS),
                   file=sys.stderr)
             return 2
         opts.update(fmt=args.format, column=args.column, max_accesses=args.max_accesses,
                     max_test=args.max_test, epochs=args.epochs)
     if args.learner == "compression":
-        opts.update(cpu_bytes_per_us=args.cpu_bytes_per_us, max_bytes=args.max_bytes)
+        opts.update(cpu_bytes_per_us=args.cpu_bytes_per_us, max_bytes=args.max_bytes,
+                    repeats=args.repeats)
     if args.learner == "dedup":
         opts.update(avg_size=args.avg_size, max_blocks=args.max_blocks)
     if args.learner == "peers":
@@ -290,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="jsonl: events as they are; files: FastCDC blocks, every codec "
                              "measured; trace: an access trace (--format); peers / gossip: an "
                              "RTT matrix (--unit)")
-    replay.add_argument("--format", choices=["oracle-general", "lines", "csv", "u32be"],
+    replay.add_argument("--format", choices=TRACE_FORMATS,
                         help="trace format (--kind trace)")
     replay.add_argument("--column", default="lbn", help="block-number column of a CSV trace")
     replay.add_argument("--unit", choices=["s", "ms"], help="RTT unit (--kind peers|gossip)")
@@ -312,13 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directories of files (compression, dedup), traces (prefetch), an RTT "
                          "directory or .tar.xz (peers, gossip)")
     ev.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md, plots")
-    ev.add_argument("--format", choices=["oracle-general", "lines", "csv", "u32be"],
+    ev.add_argument("--format", choices=TRACE_FORMATS,
                     help="trace format (prefetch)")
     ev.add_argument("--column", default="lbn", help="block-number column of CSV traces")
     ev.add_argument("--unit", choices=["s", "ms"], help="RTT unit (peers, gossip)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="one run per seed; figures are means with 95%% intervals")
     ev.add_argument("--cpu-bytes-per-us", type=float, default=1.0,
                     help="compression: price of a CPU µs in bytes (the cost's λ)")
+    ev.add_argument("--repeats", type=int, default=5,
+                    help="compression: timings per codec and block (their median is used)")
     ev.add_argument("--max-bytes", type=int, help="compression: bytes read per chunk size")
     ev.add_argument("--max-accesses", type=int, default=200_000, help="prefetch: accesses read per trace")
     ev.add_argument("--max-test", type=int, default=50_000, help="prefetch: test accesses per trace")

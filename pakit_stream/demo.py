@@ -187,7 +187,7 @@ def _report(sim: NodeSimulator, daemon: DaemonProcess, health: dict) -> None:
     for _ in range(200):
         cands = world.candidates()
         ctx = world.context(time.time())
-        hint = daemon.post("/v1/hints/peer", {"node_id": "demo", "available_peers": cands,
+        hint = daemon.post("/v1/hints/peer", {"node_id": sim.nodes[0], "available_peers": cands,
                                               "context": ctx})
         load = ctx["network_load"]
         chosen.append(world.expected_ms(hint["peer_id"], load))

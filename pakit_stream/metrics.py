@@ -100,11 +100,12 @@ class Metrics:
                                      ["model"], namespace=ns, registry=r)
         self.serving = Info("model_serving", "Version of each batch model being served.",
                             ["model"], namespace=ns, registry=r)
-        self.codec_accuracy = Gauge("codec_online_accuracy", "Share of stored blocks whose codec "
-                                    "label the serving model predicted, before learning it.",
-                                    namespace=ns, registry=r)
-        self.codec_drift = Counter("codec_drift_detections", "Drifts ADWIN found in the serving "
-                                   "codec model's online error.", namespace=ns, registry=r)
+        self.codec_efficiency = Gauge(
+            "codec_online_efficiency", "Cost of the cheapest codec over the cost of the codec "
+            "chosen (choosing charged), over stored blocks, each chosen before it was learned.",
+            namespace=ns, registry=r)
+        self.codec_drift = Counter("codec_drift_detections", "Drifts ADWIN found in the codec "
+                                   "chooser's online excess cost.", namespace=ns, registry=r)
         self.hints = Counter("hint_requests", "Hint requests, by hint and source "
                              "(learned, fallback, explore, error).", ["hint", "source"],
                              namespace=ns, registry=r)

@@ -33,6 +33,7 @@ from pakit_stream.events.schema import TOPICS, BlockStored, Event
 from pakit_stream.features import FeatureExtractor
 from pakit_stream.learners import (DeduplicationOptimizer, NetworkOptimizer, PeerSelector,
                                    SuccessorTable)
+from pakit_stream.learners.codec import CodecCostModel, forward_us
 from pakit_stream.metrics import Metrics
 from pakit_stream.privacy import private_mean
 from pakit_stream.settings import Settings
@@ -85,19 +86,25 @@ class Pipeline:
         self.features = FeatureExtractor()
         self.decoders = {t: EventDecoder(t, max_message_bytes=s.max_message_bytes,
                                          max_event_bytes=s.max_event_bytes) for t in TOPICS}
-        self.peers = PeerSelector(smoothing=s.bandit_smoothing,
-                                  latency_scale_ms=s.bandit_latency_scale_ms,
-                                  max_peers=s.bandit_max_peers)
+        self.peers = PeerSelector(latency_scale_ms=s.bandit_latency_scale_ms,
+                                  failure_ms=s.bandit_failure_ms, max_pairs=s.bandit_max_pairs,
+                                  max_peers=s.bandit_max_peers, halflife=s.bandit_halflife)
         self.network = NetworkOptimizer(message_cost=s.gossip_message_cost,
                                         coverage_target=s.gossip_coverage_target,
                                         miss_penalty=s.gossip_miss_penalty,
                                         epsilon=s.gossip_epsilon)
-        self.dedup = DeduplicationOptimizer(threshold=s.lsh_threshold, capacity=s.lsh_capacity)
+        self.dedup = DeduplicationOptimizer(threshold=s.lsh_threshold, capacity=s.lsh_capacity,
+                                            max_candidates=s.lsh_max_candidates)
         self.successors = SuccessorTable(capacity=s.successor_capacity)
-        #: recent (features, best codec) pairs from stored blocks, for the batch codec model
-        self.codec_window: deque[tuple[dict[str, float], str]] = deque(maxlen=window)
-        #: the serving codec model (numpy), swapped in by the retrainer; None before the first
-        self.codec_model = None
+        #: chooses codecs: online cost tables and experts (a served net joins as one)
+        self.codec = CodecCostModel(cpu_bytes_per_us=s.codec_cpu_bytes_per_us,
+                                    probe_us=s.codec_probe_us, lookup_us=s.codec_lookup_us,
+                                    halflife=s.codec_halflife)
+        #: recent (block, codec costs) samples from stored blocks, for the batch codec net:
+        #: ``({"block_size", "node_id", "probe_ratio", "features"}, {codec: (bytes, µs)})``
+        self.codec_window: deque[tuple[dict[str, Any], dict[str, tuple[float, float]]]] = deque(
+            maxlen=window)
+        self._codec_model = None
         self.codec_new = 0  # labelled blocks since the last retrain
         self.codec_drift = False
         self._codec_adwin = drift.ADWIN()
@@ -115,7 +122,7 @@ class Pipeline:
         self._gauges = {"bandit_replay": m.bandit_reward, "bandit_logged": m.bandit_logged_reward,
                         "gossip_reward": m.gossip_reward, "gossip_agreement": m.gossip_agreement,
                         "successor_hit5": m.prefetch_hit, "cache_hit": m.cache_hit,
-                        "codec_online": m.codec_accuracy}
+                        "codec_online": m.codec_efficiency}
         self._dp_rng = random.SystemRandom()
         self._released: dict[str, tuple[float, float]] = {}  # figure -> (when, private value)
         self._peer_seen = self._gossip_seen = 0
@@ -134,6 +141,24 @@ class Pipeline:
             ("pakit.blocks", "codec_window"), ("pakit.access", "successor_table"),
             ("pakit.fingerprints", "dedup_lsh"), ("pakit.peers", "peer_bandit"),
             ("pakit.gossip", "gossip_q"))}
+
+    @property
+    def codec_model(self):
+        """The serving codec net (numpy), swapped in by the retrainer; ``None`` before the
+        first. Assigning it makes it an expert of :attr:`codec` (what asking it costs a node
+        is measured on the spot; its ``relative_cost``, when set, is the gate's evidence)."""
+        return self._codec_model
+
+    @codec_model.setter
+    def codec_model(self, model) -> None:
+        us = 0.0
+        if model is not None:
+            s = self.settings
+            probe = {"block_size": 65536, "probe_ratio": 0.5, "entropy": 5.0}
+            us = s.codec_probe_us + s.codec_entropy_us + forward_us(
+                model, self.features.extract_features({"event_type": "block_stored", **probe}))
+        self.codec.attach_net(model, us, getattr(model, "relative_cost", None))
+        self._codec_model = model
 
     # -- per message ------------------------------------------------------------------------
     def handle(self, topic: str, partition: int, offset: int, value: bytes | None
@@ -189,27 +214,34 @@ class Pipeline:
     # -- per topic --------------------------------------------------------------------------
     def _on_blocks(self, events: list[BlockStored]) -> list[Rejected]:
         errors, extract, window = [], self.features.extract_features, self.codec_window
-        model, online, adwin = self.codec_model, self.quality["codec_online"], self._codec_adwin
-        labelled, cpu_weight = 0, self.settings.codec_cpu_bytes_per_us
+        codec, online, adwin = self.codec, self.quality["codec_online"], self._codec_adwin
+        lam = codec.cpu_bytes_per_us
+        labelled = 0
         for i, e in enumerate(events):
             try:
-                label = best_codec(e, cpu_weight)
-                if label is None:
+                if not e.codec_results:
                     continue
-                x = extract(e)
-                if model is not None:  # test, then train
-                    hit = model.predict(x)["algorithm"] == label
-                    online.add(hit)
-                    adwin.update(0.0 if hit else 1.0)
+                costs = {r.algorithm: (r.compressed_size, r.compress_us + r.decompress_us)
+                         for r in e.codec_results}
+                x = {"block_size": e.block_size, "node_id": e.node_id,
+                     "probe_ratio": e.probe_ratio, "features": extract(e)}
+                if e.block_size > 0:  # test, then train: what would the chooser have cost?
+                    choice = codec.choose(e.block_size, e.node_id, e.probe_ratio, x["features"])
+                    spent = {c: b + lam * us for c, (b, us) in costs.items()}
+                    chosen = spent.get(choice.algorithm, max(spent.values()))
+                    efficiency = min(spent.values()) / max(chosen + lam * choice.selection_us, 1e-9)
+                    online.add(efficiency)
+                    adwin.update(1.0 - efficiency)
                     if adwin.drift_detected:
                         self.codec_drift = True
                         self.metrics.codec_drift.inc()
-                window.append((x, label))
+                codec.learn_one(x, costs)
+                window.append((x, costs))
                 labelled += 1
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
         self.codec_new += labelled
-        if model is not None:
+        if labelled:
             self._publish("codec_online")
         return errors
 
@@ -231,13 +263,18 @@ class Pipeline:
         return errors
 
     def _on_fingerprints(self, events) -> list[Rejected]:
-        errors, add = [], self.dedup.add
-        for i, e in enumerate(events):
-            try:
-                add(e.block_hash, e.minhash)
-            except Exception as exc:
-                errors.append(self._error(e, i, exc))
-        self.metrics.lsh_entries.set(len(self.dedup))
+        errors, dedup = [], self.dedup
+        try:  # the envelope in one vectorised insert
+            dedup.add_many([e.block_hash for e in events], [e.minhash for e in events])
+        except Exception:
+            # add_many validates every row before it changes anything: index one by one, so
+            # that only the events that fail are rejected
+            for i, e in enumerate(events):
+                try:
+                    dedup.add(e.block_hash, e.minhash)
+                except Exception as exc:
+                    errors.append(self._error(e, i, exc))
+        self.metrics.lsh_entries.set(len(dedup))
         return errors
 
     def _on_peers(self, events) -> list[Rejected]:
@@ -245,14 +282,14 @@ class Pipeline:
         replay, logged = self.quality["bandit_replay"], self.quality["bandit_logged"]
         for i, e in enumerate(events):
             try:
-                x = peers.context(e.context, e.block_size)
                 r = peers.reward(e.success, e.latency_ms)
                 self._peer_seen += 1
                 if self._peer_seen % every == 0:  # test, then train
-                    choice = peers.select(e.candidates, e.context, e.block_size)
+                    choice = peers.select(e.candidates, e.context, e.block_size, e.node_id, e.ts)
                     if choice.source == "learned" and choice.peer_id == e.peer_id:
                         replay.add(r)
-                peers.learn_one(e.peer_id, x, r)
+                peers.learn_fetch(e.peer_id, e.success, e.latency_ms, e.block_size, e.context,
+                                  e.node_id, e.ts)
                 logged.add(r)
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
@@ -311,7 +348,7 @@ class Pipeline:
             "quality": {k: (v.total, v.n) for k, v in self.quality.items()},
             "seen": (self._peer_seen, self._gossip_seen),
             "learners": {"peers": self.peers, "network": self.network, "dedup": self.dedup,
-                         "successors": self.successors},
+                         "successors": self.successors, "codec": self.codec},
             "codec_window": list(self.codec_window),
             "access_window": list(self.access_window),
         }
@@ -328,6 +365,9 @@ class Pipeline:
         learners = snap["learners"]
         self.peers, self.network = learners["peers"], learners["network"]
         self.dedup, self.successors = learners["dedup"], learners["successors"]
+        if "codec" in learners:  # older checkpoints have no codec tables
+            self.codec = learners["codec"]
+            self.codec_model = self._codec_model  # the serving net rejoins the experts
         self.codec_window.extend(snap["codec_window"])
         self.access_window.extend(snap.get("access_window", ()))
         self.metrics.lsh_entries.set(len(self.dedup))
@@ -345,6 +385,7 @@ class Pipeline:
                           "evictions": self.dedup.evictions},
                 "successors": {"blocks": len(self.successors),
                                "updates": self.successors.n_updates},
+                "codec": {"updates": self.codec.n_updates, "cells": len(self.codec._cells)},
                 "codec_window": len(self.codec_window),
                 "codec_model": getattr(self.codec_model, "version", None),
                 "access_window": len(self.access_window),

@@ -182,11 +182,20 @@ class ModelRegistry:
 
     # the gate ------------------------------------------------------------------------------
     def gate(self, name: str, candidate_version: str, model_factory: Callable[[], Any],
-             score: Callable[[Any], float], min_gain: float = 0.0) -> GateResult:
+             score: Callable[[Any], float], min_gain: float = 0.0,
+             floor: float | None = None) -> GateResult:
         """Promote the candidate if ``score(candidate) > score(serving) + min_gain`` on the
-        caller's held-out window (always, when nothing serves yet); else reject it."""
+        caller's held-out window (always, when nothing serves yet) and, with ``floor``, if
+        ``score(candidate) > floor``; else reject it."""
         candidate = self.load(name, model_factory(), candidate_version)
         cand_score = float(score(candidate))
+        if floor is not None and not cand_score > floor:
+            reason = f"held-out score {cand_score:.4f} is not above {floor}"
+            self.reject(name, candidate_version, reason,
+                        gate={"candidate_score": cand_score, "floor": floor})
+            return GateResult(accepted=False, candidate=candidate_version,
+                              serving=self.serving(name), candidate_score=cand_score,
+                              serving_score=None, reason=reason)
         serving_version = self.serving(name)
         serving_score = None
         if serving_version is not None:

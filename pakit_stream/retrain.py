@@ -3,7 +3,7 @@
 A leader-only timer asks :meth:`Retrainer.due` whether to retrain each batch model: on schedule
 (``retrain_interval_s``), after ``retrain_min_new`` new examples (labelled blocks for the codec
 model, reads for the prefetch model), or, for the codec model, when River's ADWIN detects drift
-in the serving model's online error. The training itself runs in a subprocess
+in the codec chooser's online excess cost. The training itself runs in a subprocess
 (:mod:`pakit_stream.retrain_worker`) that gets the recent window: the older part to train on,
 the newest ``holdout_fraction`` as the gate's held-out data (for reads: the newest part of each
 node's sequence). A run that fails or exceeds
@@ -27,7 +27,8 @@ from typing import Any
 from pakit_stream.exceptions import ModelLoadError
 from pakit_stream.pipeline import Pipeline
 from pakit_stream.registry import ModelRegistry
-from pakit_stream.serving.codec import ServedCodecModel
+from pakit_stream.serving.codec import (ServedCodecModel, forward_us, judge_codec_net,
+                                       relative_cost)
 from pakit_stream.privacy import k_anonymous
 from pakit_stream.serving.prefetch import ServedPrefetchModel
 from pakit_stream.settings import Settings
@@ -66,6 +67,9 @@ class Retrainer:
         except ModelLoadError:
             log.exception("serving %s %s refused; keeping the current model", name, version)
             return False
+        if name == CODEC_MODEL:  # the gate's evidence: how much cheaper it chose (a share)
+            gate = self.registry.metadata(name, version).get("gate") or {}
+            model.relative_cost = relative_cost(gate.get("candidate_score"))
         setattr(self.pipeline, attribute, model)  # one assignment: the swap
         self.metrics.serving.labels(model=name).info({"version": version})
         return True
@@ -125,6 +129,7 @@ class Retrainer:
             p.prefetch_new = 0
         job = {"name": name, "store": str(self.registry.root), "train": train,
                "holdout": holdout, "threads": s.retrain_threads, "epochs": 30,
+               "codec": self.codec_prices(),
                "min_gain": s.retrain_min_gain, "max_vocab": s.prefetch_max_vocab,
                "window": {"samples": size, "reason": reason, "ended": time.time()}}
         self.last_run[name] = time.time()
@@ -169,12 +174,21 @@ class Retrainer:
         self.metrics.retrain_seconds.labels(model=name).observe(time.perf_counter() - started)
         return {"outcome": "failed", "reason": why}
 
-    def served_score(self, name: str, model, holdout) -> float:
-        """The gate's score of a served model: codec accuracy, or prefetch hit ratio at 5."""
+    def codec_prices(self) -> dict[str, float]:
+        s = self.settings
+        return {"cpu_bytes_per_us": s.codec_cpu_bytes_per_us, "probe_us": s.codec_probe_us,
+                "entropy_us": s.codec_entropy_us, "lookup_us": s.codec_lookup_us,
+                "halflife": s.codec_halflife}
+
+    def served_score(self, name: str, model, holdout, train=()) -> float:
+        """The gate's score of a served model: for the codec net, how much cheaper it is
+        than the cost tables and the best fixed codec (:func:`judge_codec_net`); for the
+        prefetch model, its hit ratio at 5."""
         if name == PREFETCH_MODEL:
             return hit_ratio_at(model.predict, holdout)
-        hits = [model.predict(x)["algorithm"] == label for x, label in holdout]
-        return sum(hits) / len(hits) if hits else 0.0
+        prices = self.codec_prices()
+        net_us = forward_us(model, holdout[0][0]["features"])
+        return judge_codec_net(model, train, holdout, net_us=net_us, **prices)["gain"]
 
     def gate_candidate(self, name: str, version: str,
                        min_gain: float | None = None) -> dict[str, Any]:
@@ -182,7 +196,7 @@ class Retrainer:
         daemon's held-out window, with the served (numpy) models; promote and swap it in, or
         reject it (it is kept for inspection)."""
         served_class, _ = MODELS[name]
-        _, holdout, _ = self.split(name)
+        train, holdout, _ = self.split(name)
         if not holdout or not any(holdout):
             raise ValueError(f"{name}: no recent data to judge a candidate on")
 
@@ -193,9 +207,10 @@ class Retrainer:
 
         started = time.perf_counter()
         result = self.registry.gate(name, version, Served,
-                                    lambda model: self.served_score(name, model, holdout),
+                                    lambda model: self.served_score(name, model, holdout, train),
                                     min_gain=self.settings.retrain_min_gain
-                                    if min_gain is None else min_gain)
+                                    if min_gain is None else min_gain,
+                                    floor=0.0 if name == CODEC_MODEL else None)
         return self._judged(name, result, started)
 
     def rollback(self, name: str = CODEC_MODEL) -> str:

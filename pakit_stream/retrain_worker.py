@@ -18,7 +18,7 @@ def run(job: dict) -> dict:
     import torch
 
     from pakit_stream.registry import ModelRegistry
-    from pakit_stream.training import ModelEvaluator, ModelTrainer, TrainingConfig, TrainingDataset
+    from pakit_stream.training import ModelTrainer, TrainingConfig, TrainingDataset
     from pakit_stream.training.evaluator import hit_ratio_at
 
     torch.set_num_threads(job["threads"])
@@ -29,16 +29,37 @@ def run(job: dict) -> dict:
     store = ModelRegistry(job["store"])
     if job["name"] == "compression_predictor":
         from pakit_stream.batch.compression import CompressionPredictor as factory
+        from pakit_stream.serving.codec import ServedCodecModel, forward_us, judge_codec_net
 
-        data = TrainingDataset([(f, label) for f, label in job["train"]])
-        holdout = TrainingDataset([(f, label) for f, label in job["holdout"]])
+        prices = job["codec"]
+        lam = prices["cpu_bytes_per_us"]
+        window = [(x, {c: tuple(v) for c, v in costs.items()}) for x, costs in job["train"]]
+        holdout_blocks = [(x, {c: tuple(v) for c, v in costs.items()})
+                          for x, costs in job["holdout"]]
+        data = TrainingDataset([(x["features"], {c: b + lam * us for c, (b, us) in costs.items()})
+                                for x, costs in window])
         train, val, _ = data.time_split(0.85, 0.15)
         model = factory()
         metrics = ModelTrainer(config).train(model, train, val)
         samples = len(train)
 
         def score(candidate) -> float:
-            return ModelEvaluator().evaluate(candidate, holdout)["accuracy"]
+            # the gate loads the candidate with torch; what serves is the numpy model, so
+            # judge exactly that: same weights, the daemon's forward pass and its cost
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                candidate.save(Path(tmp) / "m.safetensors")
+                served = ServedCodecModel(Path(tmp) / "m.safetensors")
+            net_us = forward_us(served, holdout_blocks[0][0]["features"])
+            verdict = judge_codec_net(served, window, holdout_blocks, cpu_bytes_per_us=lam,
+                                      probe_us=prices["probe_us"],
+                                      entropy_us=prices["entropy_us"],
+                                      lookup_us=prices["lookup_us"], net_us=net_us,
+                                      halflife=prices["halflife"])
+            metrics["gate_costs"] = verdict
+            return verdict["gain"]
+        floor = 0.0  # beat the cost tables and the best fixed codec, or do not serve
     elif job["name"] == "prefetch_engine":
         from functools import partial
 
@@ -52,10 +73,12 @@ def run(job: dict) -> dict:
         def score(candidate) -> float:
             return hit_ratio_at(lambda recent, k: candidate.predict(
                 {"recent_accesses": recent, "k": k}), job["holdout"])
+        floor = None
     else:
         raise SystemExit(f"unknown model {job['name']!r}")
     version = store.register(job["name"], model, metrics, window=job["window"])
-    gate = store.gate(job["name"], version, factory, score, min_gain=job["min_gain"])
+    gate = store.gate(job["name"], version, factory, score, min_gain=job["min_gain"],
+                      floor=floor)
     return {**gate, "version": version, "samples": samples,
             "seconds": time.perf_counter() - started, "train_metrics": metrics}
 

@@ -82,13 +82,22 @@ class Settings:
         64 * 1024, "Largest single event inside a message; larger ones go to the DLQ."
     )
     # learners
-    bandit_smoothing: float = _setting(
-        0.995, "Forgetting factor of each peer's Bayesian regression (1.0: never forget)."
-    )
     bandit_latency_scale_ms: float = _setting(
-        200.0, "Latency at which a successful fetch's reward falls to 1/e."
+        200.0, "Latency at which a successful fetch's exported quality figure falls to 1/e."
     )
-    bandit_max_peers: int = _setting(10_000, "Peers the bandit keeps; least recent are evicted.")
+    bandit_failure_ms: float = _setting(
+        1000.0, "Least a failed fetch costs the peer learner, whatever latency it reports."
+    )
+    bandit_halflife: float = _setting(
+        20_000.0, "Fetches after which the peer learner's pooled statistics (how fast a "
+        "latency goes stale, how wrong a first guess is) weigh half."
+    )
+    bandit_max_pairs: int = _setting(
+        100_000, "(node, peer) pairs the peer learner keeps; least recent are evicted."
+    )
+    bandit_max_peers: int = _setting(
+        10_000, "Nodes and peers whose pooled latency the peer learner keeps; least recent "
+        "are evicted.")
     eval_every: int = _setting(
         32, "Score the bandit and the gossip learner prequentially (predict, then learn) on "
         "one event in this many: a prediction costs more than an update."
@@ -116,7 +125,16 @@ class Settings:
     )
     # batch models
     codec_cpu_bytes_per_us: float = _setting(
-        1.0, "Codec label cost: compressed bytes + this * (compress_us + decompress_us).")
+        1.0, "Price of a CPU µs in bytes: a codec's cost on a block is compressed bytes + "
+        "this * (compress_us + decompress_us), and choosing is charged at the same price.")
+    codec_probe_us: float = _setting(
+        5.0, "What a node pays for the 4 KiB lz4 probe, in µs (charged to the rules using it).")
+    codec_entropy_us: float = _setting(
+        12.0, "What a node pays for the sampled entropy, in µs (charged to the codec net).")
+    codec_lookup_us: float = _setting(
+        0.3, "What a node pays to apply a compiled codec rule, in µs.")
+    codec_halflife: float = _setting(
+        100.0, "Stored blocks after which a codec rule's past costs weigh half.")
     retrain_check_s: float = _setting(30.0, "How often the leader asks whether to retrain.")
     retrain_interval_s: float = _setting(3600.0, "Retrain at least this often (with data).")
     retrain_min_new: int = _setting(5000, "Retrain after this many new labelled blocks.")
@@ -144,6 +162,9 @@ class Settings:
     kafka_ssl_keyfile: str | None = _setting(None, "Client certificate's private key (SSL).")
     lsh_threshold: float = _setting(0.7, "Jaccard similarity the MinHash LSH index targets.")
     lsh_capacity: int = _setting(100_000, "Blocks the LSH index keeps; oldest are evicted.")
+    lsh_max_candidates: int = _setting(
+        256, "Signatures one similarity query verifies at most (it also walks at most 64 "
+             "chain links per band): bounded work however many fingerprints are identical.")
     successor_capacity: int = _setting(
         200_000, "Blocks the access agent's successor table keeps; least recent are evicted."
     )
@@ -180,20 +201,25 @@ class Settings:
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"web_port out of range: {self.web_port}")
         positive = ("topic_partitions", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
-                    "max_event_bytes", "dlq_max_bytes", "codec_cpu_bytes_per_us", "retrain_check_s", "retrain_interval_s",
+                    "max_event_bytes", "dlq_max_bytes", "codec_cpu_bytes_per_us", "codec_halflife", "retrain_check_s", "retrain_interval_s",
                     "retrain_min_new", "retrain_min_samples", "retrain_timeout_s", "retrain_threads",
                     "prefetch_window", "prefetch_max_vocab", "bandit_latency_scale_ms", "bandit_max_peers",
+                    "bandit_max_pairs", "bandit_halflife", "bandit_failure_ms",
                     "eval_every", "lsh_capacity", "successor_capacity",
                     "stream_buffer_messages", "resume_probe_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 < self.bandit_smoothing <= 1:
-            raise ConfigError("bandit_smoothing must be in (0, 1]")
+        for name in ("codec_probe_us", "codec_entropy_us", "codec_lookup_us"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 < self.retrain_holdout_fraction < 1:
             raise ConfigError("retrain_holdout_fraction must be in (0, 1)")
         if not 0 < self.lsh_threshold < 1:
             raise ConfigError("lsh_threshold must be in (0, 1)")
+        if not 1 <= self.lsh_max_candidates <= 1_000_000:
+            raise ConfigError("lsh_max_candidates must be from 1 to 1,000,000, got "
+                              f"{self.lsh_max_candidates}")
         if not 0 < self.gossip_coverage_target <= 1:
             raise ConfigError("gossip_coverage_target must be in (0, 1]")
         if not 0 <= self.gossip_epsilon <= 1:

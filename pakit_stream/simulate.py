@@ -1,7 +1,8 @@
 """A node simulator: real local files become the telemetry a storage node would publish.
 
-* Blocks are real: files are cut into blocks, each block is really compressed with zstd, lz4,
-  snappy and brotli (cramjam) to fill ``codec_results``, its entropy sampled and its MinHash
+* Blocks are real: files are cut into blocks, each block is really compressed with every codec
+  of :data:`CODECS` (zstd at levels 1, 3 and 9, lz4, snappy, brotli-4; cramjam) to fill
+  ``codec_results``, its entropy sampled and its MinHash
   computed with the node-side :func:`~pakit_stream.events.block_minhash`.
 * Reads replay files front to back, file popularity Zipf-distributed, through an LRU cache.
 * Peers and gossip are simulated: peers have log-normal latencies that drift (one fast peer
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import statistics
 import sysconfig
 import time
 from collections import OrderedDict
@@ -30,11 +32,14 @@ from pakit_stream.events.fingerprint import block_minhash
 __all__ = ["Block", "read_blocks", "codec_results", "entropy", "probe_ratio", "block_events",
            "PeerWorld", "gossip_round", "NodeSimulator", "CODECS", "default_source"]
 
+#: the codec menu: name -> (compress, decompress); ``none`` (store as is) is always available
 CODECS = {
-    "zstd": (lambda b: cramjam.zstd.compress(b, level=3), cramjam.zstd.decompress),
+    "zstd-1": (lambda b: cramjam.zstd.compress(b, level=1), cramjam.zstd.decompress),
+    "zstd-3": (lambda b: cramjam.zstd.compress(b, level=3), cramjam.zstd.decompress),
+    "zstd-9": (lambda b: cramjam.zstd.compress(b, level=9), cramjam.zstd.decompress),
     "lz4": (cramjam.lz4.compress_block, cramjam.lz4.decompress_block),
     "snappy": (cramjam.snappy.compress_raw, cramjam.snappy.decompress_raw),
-    "brotli": (lambda b: cramjam.brotli.compress(b, level=4), cramjam.brotli.decompress),
+    "brotli-4": (lambda b: cramjam.brotli.compress(b, level=4), cramjam.brotli.decompress),
 }
 
 
@@ -86,18 +91,24 @@ def probe_ratio(data: bytes, sample: int = 4096) -> float:
     return round(len(cramjam.lz4.compress_block(head)) / max(len(head), 1), 4) if head else 1.0
 
 
-def codec_results(data: bytes) -> list[dict]:
-    """Really compress and decompress ``data`` with each codec; sizes and microseconds."""
+def codec_results(data: bytes, repeats: int = 1) -> list[dict]:
+    """Really compress and decompress ``data`` with each codec; sizes and microseconds, each
+    time the median of ``repeats`` runs (one run lets noise pick the winner)."""
     out = [{"algorithm": "none", "compressed_size": len(data), "compress_us": 0.0,
             "decompress_us": 0.0}]
     for name, (compress, decompress) in CODECS.items():
-        t0 = time.perf_counter()
-        packed = bytes(compress(data))
-        t1 = time.perf_counter()
-        decompress(packed)
-        t2 = time.perf_counter()
+        comp, decomp = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            packed = bytes(compress(data))
+            t1 = time.perf_counter()
+            decompress(packed)
+            t2 = time.perf_counter()
+            comp.append((t1 - t0) * 1e6)
+            decomp.append((t2 - t1) * 1e6)
         out.append({"algorithm": name, "compressed_size": len(packed),
-                    "compress_us": (t1 - t0) * 1e6, "decompress_us": (t2 - t1) * 1e6})
+                    "compress_us": statistics.median(comp),
+                    "decompress_us": statistics.median(decomp)})
     return out
 
 

@@ -59,7 +59,7 @@ def test_events_reach_learners_hints_answer_and_metrics_count_exactly(producer, 
     assert learners["peers"]["peers"] == 3 and learners["dedup"]["entries"] == 18
     assert learners["network"]["states"] == 1 and learners["codec_window"] == 20
 
-    peer = daemon.post("/v1/hints/peer", {"node_id": "n9", "context": {"network_load": 0.2},
+    peer = daemon.post("/v1/hints/peer", {"node_id": "node-a", "context": {"network_load": 0.2},
                                           "available_peers": ["peer-slow", "peer-fast", "peer-mid"]})
     assert peer["peer_id"] == "peer-fast" and peer["source"] == "learned"
     net = daemon.post("/v1/hints/network", {"network_size": 100, "avg_latency_ms": 40,
@@ -69,7 +69,9 @@ def test_events_reach_learners_hints_answer_and_metrics_count_exactly(producer, 
     assert similar["source"] == "learned"
     assert [s["block_hash"] for s in similar["similar"]] == [ev.block_hash(100_000 + i)
                                                              for i in (1, 2, 3)]
-    assert similar["similar"][0]["jaccard"] == pytest.approx(1 - 3 / 128)
+    # 8-bit signatures: the share of equal slots, corrected for chance agreement (1/256)
+    assert similar["similar"][0]["jaccard"] == pytest.approx(
+        (1 - 3 / 128 - 1 / 256) / (1 - 1 / 256), abs=1e-4)
     unknown = daemon.get(f"/v1/hints/similar/{ev.block_hash(7)}")
     assert unknown == {"block_hash": ev.block_hash(7), "similar": [], "source": "fallback"}
 
@@ -82,7 +84,8 @@ def test_events_reach_learners_hints_answer_and_metrics_count_exactly(producer, 
     assert metric(daemon, "pakit_stream_hint_requests_total", hint="similar",
                   source="fallback") == 1
     cli = subprocess.run([sys.executable, "-m", "pakit_stream", "hint", "peer", "--url", daemon.url,
-                          "--peers", "peer-mid", "peer-fast"], capture_output=True, text=True)
+                          "--node-id", "node-a", "--peers", "peer-mid", "peer-fast"],
+                         capture_output=True, text=True)
     assert cli.returncode == 0 and json.loads(cli.stdout)["peer_id"] == "peer-fast"
     deadline = time.monotonic() + 10
     while metric(daemon, "pakit_stream_consumer_lag_messages", topic="pakit.peers") != 0:

@@ -11,6 +11,8 @@ from pakit_stream.exceptions import ModelLoadError
 from pakit_stream.learners import (DeduplicationOptimizer, NetworkOptimizer, PeerSelector,
                                    SuccessorTable)
 
+from pakit_stream.learners.codec import CodecCostModel, heuristic_codec
+
 from . import events as ev
 
 KEY = b"test-key-0123456789abcdef0123456"
@@ -32,7 +34,7 @@ def trained_network():
 def trained_dedup():
     m = DeduplicationOptimizer(ModelConfig(key=KEY))
     m.train([ev.fingerprint(0)] + [ev.fingerprint(i, base=0, edits=i) for i in range(1, 30)])
-    return m, {"block_hash": ev.block_hash(100_000), "top_k": 3}
+    return m, {"block_hash": ev.block_hash(100_000), "top_k": 3, "min_jaccard": 0.8}
 
 
 def trained_successors():
@@ -41,7 +43,13 @@ def trained_successors():
     return m, {"recent_accesses": [ev.block_hash(2)], "k": 2}
 
 
-LEARNERS = [trained_peers, trained_network, trained_dedup, trained_successors]
+def trained_codec():
+    m = CodecCostModel(ModelConfig(key=KEY))
+    m.train([ev.stored(i) for i in range(40)])
+    return m, {"block_size": 65536, "node_id": "node-a"}
+
+
+LEARNERS = [trained_peers, trained_network, trained_dedup, trained_successors, trained_codec]
 
 
 @pytest.mark.parametrize("make", LEARNERS, ids=lambda f: f.__name__)
@@ -55,6 +63,8 @@ class TestContract:
             assert fresh.predict(request) in request["available_peers"]
         elif isinstance(fresh, NetworkOptimizer):
             assert fresh.predict(request)["source"] == "fallback"
+        elif isinstance(fresh, CodecCostModel):
+            assert fresh.predict(request) == heuristic_codec(request["block_size"])
         else:
             assert fresh.predict(request) == []
 
@@ -119,65 +129,226 @@ def test_key_file_is_created_private_and_reused(tmp_path):
 
 
 # -- peers ---------------------------------------------------------------------------------
-def _fetch(sel, peer, ms, ctx=None):
-    sel.learn_fetch(peer, True, ms, 65536, ctx or {"time_of_day": 0.5, "network_load": 0.2})
+CTX = {"time_of_day": 0.5, "network_load": 0.2}
 
 
-def test_bandit_prefers_the_fast_peer_and_adapts_when_it_slows():
-    sel = PeerSelector(seed=3, smoothing=0.98)
-    for _ in range(200):
-        _fetch(sel, "a", 20.0)
-        _fetch(sel, "b", 150.0)
-    assert sel.predict({"available_peers": ["a", "b"]}) == "a"
-    for _ in range(200):  # a degrades, b recovers
-        _fetch(sel, "a", 600.0)
-        _fetch(sel, "b", 20.0)
-    assert sel.predict({"available_peers": ["a", "b"]}) == "b"
+def _fetch(sel, peer, ms, ts, node="n1", ok=True, ctx=CTX):
+    sel.learn_fetch(peer, ok, ms, 65536, ctx, node_id=node, ts=ts)
 
 
-def test_bandit_without_forgetting_adapts_much_later():
-    sel = PeerSelector(seed=3, smoothing=1.0)
-    for _ in range(200):
-        _fetch(sel, "a", 20.0)
-        _fetch(sel, "b", 150.0)
-    for _ in range(20):
-        _fetch(sel, "a", 600.0)
-        _fetch(sel, "b", 20.0)
-    assert sel.predict({"available_peers": ["a", "b"]}) == "a"  # still anchored to the past
+def test_bandit_prefers_the_fast_peer_and_moves_as_soon_as_it_slows():
+    sel = PeerSelector(seed=3)
+    for t in range(200):
+        _fetch(sel, "a", 20.0, t)
+        _fetch(sel, "b", 150.0, t)
+    assert sel.select(["a", "b"], node_id="n1", ts=200).peer_id == "a"
+    for t in range(201, 204):  # a degrades: three fresh readings outweigh 200 old ones
+        _fetch(sel, "a", 600.0, t)
+    assert sel.select(["a", "b"], node_id="n1", ts=204).peer_id == "b"
+
+
+def test_an_old_reading_counts_less_than_a_fresh_one():
+    sel = PeerSelector(seed=0)
+    # pairs whose readings hold for a while, then jump: the learner finds out how long
+    rng = random.Random(0)
+    levels = {f"p{i}": rng.uniform(20, 400) for i in range(8)}
+    for t in range(4000):
+        if t % 200 == 0:
+            levels = {p: rng.uniform(20, 400) for p in levels}
+        peer = f"p{t % 8}"
+        _fetch(sel, peer, levels[peer] * math.exp(rng.gauss(0, 0.05)), t)
+    pol = sel._policy
+    mu_fresh, var_fresh, _ = pol.estimate("n1", "p0", 4001)
+    mu_old, var_old, _ = pol.estimate("n1", "p0", 4000 + 5000)
+    pair = pol._pairs["n1", "p0"]
+    assert abs(mu_fresh - pair.last) < abs(mu_old - pair.last)  # the old one leans to the mean
+    assert var_old > var_fresh
+
+
+def test_estimates_are_per_node():
+    sel = PeerSelector(seed=0)
+    for t in range(100):
+        _fetch(sel, "a", 20.0, t, node="east")
+        _fetch(sel, "b", 300.0, t, node="east")
+        _fetch(sel, "a", 300.0, t, node="west")
+        _fetch(sel, "b", 20.0, t, node="west")
+    assert sel.select(["a", "b"], node_id="east", ts=100).peer_id == "a"
+    assert sel.select(["a", "b"], node_id="west", ts=100).peer_id == "b"
+
+
+def test_a_peer_slow_for_everyone_is_avoided_by_a_node_that_never_tried_it():
+    sel = PeerSelector(seed=0)
+    for t in range(300):
+        for node in ("n1", "n2", "n3"):
+            _fetch(sel, "slow", 900.0, t, node=node)
+            _fetch(sel, "quick", 30.0, t, node=node)
+    picks = [sel.select(["slow", "quick"], node_id="newcomer", ts=300).peer_id for _ in range(50)]
+    assert picks.count("quick") > 45
+
+
+def test_failures_count_as_what_they_cost():
+    sel = PeerSelector(seed=0, failure_ms=1000.0)
+    for t in range(100):
+        _fetch(sel, "flaky", 10.0, t, ok=(t % 2 == 0))  # fails half the time, fast otherwise
+        _fetch(sel, "steady", 80.0, t)
+    assert sel.select(["flaky", "steady"], node_id="n1", ts=100).peer_id == "steady"
 
 
 def test_unseen_peer_is_explored_and_unknown_sets_fall_back():
     sel = PeerSelector(seed=1)
-    for _ in range(50):
-        _fetch(sel, "known", 300.0)
-    choice = sel.select(["known", "newcomer"])
-    assert choice.peer_id == "newcomer" and choice.source == "learned"
+    for t in range(50):
+        _fetch(sel, "known", 300.0, t)
+    picks = {sel.select(["known", "newcomer"], node_id="n1", ts=50).peer_id for _ in range(30)}
+    assert "newcomer" in picks
     assert sel.select(["x", "y"]).source == "fallback"
     with pytest.raises(ValueError):
         sel.select([])
 
 
-def test_failures_are_worth_nothing():
-    sel = PeerSelector()
-    assert sel.reward(False, 1.0) == 0.0
-    assert sel.reward(True, 0.0) == 1.0
-    assert math.isclose(sel.reward(True, sel.latency_scale_ms), math.exp(-1))
-
-
-def test_missing_context_is_imputed_not_dropped():
+def test_context_keys_outside_the_whitelist_are_refused_and_learn_nothing():
     sel = PeerSelector(seed=0)
-    for i in range(300):
-        _fetch(sel, "a", 30.0, {"time_of_day": 0.5, "network_load": 0.1})
-        _fetch(sel, "b", 200.0, {"time_of_day": 0.5, "network_load": 0.1})
-    assert sel.select(["a", "b"], context=None, block_size=None).peer_id == "a"
+    with pytest.raises(ValueError, match="context key 'colour'"):
+        sel.learn_fetch("a", True, 10.0, 65536, {"colour": 1.0}, node_id="n1", ts=0)
+    with pytest.raises(ValueError, match="context key"):
+        sel.select(["a"], {"colour": 1.0})
+    assert sel.n_updates == 0 and sel.n_peers == 0
 
 
-def test_bandit_arms_are_bounded():
-    sel = PeerSelector(max_peers=5)
+def test_network_load_is_learned_as_a_shared_correction():
+    sel = PeerSelector(seed=0)
+    rng = random.Random(1)
+    for t in range(3000):
+        load = rng.random()
+        for peer, base in (("a", 50.0), ("b", 50.0)):
+            _fetch(sel, peer, base * (1 + 3 * load), t, ctx={"network_load": load})
+    pol = sel._policy
+    busy = pol.choose(["a"], {"node_id": "n1", "ts": 3000, "network_load": 0.9}, sample=False)
+    idle = pol.choose(["a"], {"node_id": "n1", "ts": 3000, "network_load": 0.1}, sample=False)
+    assert busy[1] > 1.5 * idle[1]
+
+
+def test_bandit_state_is_bounded():
+    sel = PeerSelector(max_pairs=5, max_peers=7)
     for i in range(20):
-        _fetch(sel, f"p{i}", 10.0)
-    assert sel.n_peers == 5 and not sel.knows("p0") and sel.knows("p19")
-    assert len(sel._policy._bayes_lin_regs) == 5
+        _fetch(sel, f"p{i}", 10.0, i, node=f"n{i % 3}")
+    pol = sel._policy
+    assert pol.n_pairs == 5 and sel.n_peers == 7 and len(pol._nodes) == 3
+    assert not sel.knows("p0") and sel.knows("p19")
+
+
+# -- codec -----------------------------------------------------------------------------------
+def _costs(size, ratio, price_zstd=0.02, price_lz4=0.002):
+    """Measured costs of a block that compresses to ``ratio`` (zstd-9) / ``ratio + 0.15``
+    (lz4), taking ``price_*`` µs per byte, with a fixed 2 µs per call."""
+    return {"zstd-9": (int(size * ratio), 2 + size * price_zstd),
+            "lz4": (int(size * min(1.0, ratio + 0.15)), 2 + size * price_lz4),
+            "none": (size, 0.0)}
+
+
+def _learn(m, size, ratio, node="n1", probe=None, times=1):
+    for _ in range(times):
+        m.learn_one({"block_size": size, "node_id": node,
+                     "probe_ratio": ratio if probe is None else probe}, _costs(size, ratio))
+
+
+def test_codec_choice_follows_price_and_size():
+    cheap_cpu = CodecCostModel(cpu_bytes_per_us=1.0)
+    dear_cpu = CodecCostModel(cpu_bytes_per_us=100.0)
+    for m in (cheap_cpu, dear_cpu):
+        _learn(m, 65536, 0.4, times=100)
+    assert cheap_cpu.predict_one({"block_size": 65536}) == "zstd-9"  # bytes dominate
+    assert dear_cpu.predict_one({"block_size": 65536}) in ("lz4", "none")  # CPU dominates
+
+
+def test_a_nodes_recent_blocks_tell_how_its_next_one_compresses():
+    m = CodecCostModel(cpu_bytes_per_us=20.0)
+    for _ in range(150):  # node "text" stores compressible blocks, node "media" does not
+        _learn(m, 16384, 0.3, node="text")
+        _learn(m, 16384, 1.0, node="media")
+    assert (m.choose(16384, "text").algorithm, m.choose(16384, "media").algorithm) == ("lz4", "none")
+    # one node storing long files of both kinds in turn: what its last block was like tells
+    # (a wrong guess at each change of file costs less than any one codec for all)
+    for _ in range(8):
+        for ratio in (0.3, 1.0):
+            _learn(m, 16384, ratio, node="mixed", times=50)
+    after_media = m.choose(16384, "mixed")
+    _learn(m, 16384, 0.3, node="mixed")
+    after_text = m.choose(16384, "mixed")
+    assert after_text.expert == after_media.expert == "recent"
+    assert (after_text.algorithm, after_media.algorithm) == ("lz4", "none")
+    assert m.recent("mixed") == pytest.approx(0.45, abs=0.01)
+
+
+def test_the_probe_is_read_only_where_it_pays_for_itself():
+    # half the blocks compress well, half not at all, with nothing but the probe to tell
+    rng = random.Random(0)
+
+    def run(probe_us):
+        m = CodecCostModel(cpu_bytes_per_us=5.0, probe_us=probe_us)
+        for _ in range(600):
+            _learn(m, 262144, rng.choice([0.3, 1.0]), node=f"n{rng.random()}")
+        return m
+
+    assert run(probe_us=5.0).reads_probe(262144)  # 25 bytes for a 256 KiB decision
+    assert not run(probe_us=100_000.0).reads_probe(262144)  # dearer than any mistake
+    m = run(probe_us=5.0)
+    choice = m.choose(262144, "new-node", probe=lambda: 1.0)
+    assert choice.probed and choice.algorithm == "none" and choice.selection_us >= 5.0
+    unprobed = m.choose(262144, "new-node")  # without the probe: a rule that does not read it
+    assert not unprobed.probed and unprobed.expert != "probe"
+
+
+def test_where_nothing_clever_pays_off_the_best_fixed_codec_leads():
+    m = CodecCostModel(cpu_bytes_per_us=1.0, lookup_us=50.0)  # a rule costs 50 bytes to apply
+    for i in range(300):
+        _learn(m, 4096, 0.4, node=f"n{i}")
+    choice = m.choose(4096, "n1")
+    assert choice.expert == "fixed:zstd-9" and choice.selection_us == 0.0
+
+
+def test_new_codec_names_join_the_menu():
+    m = CodecCostModel(cpu_bytes_per_us=1.0)
+    _learn(m, 65536, 0.5, times=20)
+    for _ in range(200):
+        m.learn_one({"block_size": 65536, "node_id": "n1"},
+                    {**_costs(65536, 0.5), "xz-6": (1000, 10.0)})
+    assert "xz-6" in m.codecs and m.predict_one({"block_size": 65536}) == "xz-6"
+
+
+def test_compiled_policy_agrees_with_the_model():
+    m = CodecCostModel(cpu_bytes_per_us=5.0)
+    rng = random.Random(1)
+    for i in range(800):
+        ratio = rng.choice([0.2, 0.5, 0.9])
+        _learn(m, rng.choice([4096, 65536, 262144]), ratio, node=f"n{i % 7}")
+    policy = m.policy()
+    for size in (4096, 65536, 262144):
+        for node in ("n1", "n2", "n3"):
+            for probe in (0.21, 0.52, 0.93):
+                want = m.choose(size, node, probe)
+                got, probed = policy.choose(size, m.recent(node), probe)
+                assert (got, probed) == (want.algorithm, want.probed)
+
+
+def test_an_attached_net_competes_as_an_expert():
+    class Net:
+        version = "v1"
+
+        def predict(self, features):
+            return {"algorithm": "zstd-9"}
+
+    m = CodecCostModel(cpu_bytes_per_us=1.0)
+    _learn(m, 65536, 0.5, times=50)
+    m.attach_net(Net(), forward_us=20.0)  # no gate evidence: starts as the worst expert
+    assert m.experts[-1] == "net"
+    assert m.choose(65536, "n1", 0.5, {"size_log2": 16.0}).expert != "net"
+    m.attach_net(Net(), forward_us=20.0, relative_cost=0.5)  # the gate found it twice as cheap
+    assert m.choose(65536, "n1", 0.5, {"size_log2": 16.0}).expert == "net"
+    assert m.choose(65536, "n1").expert != "net"  # without its inputs it cannot answer
+    state = m.__getstate__()
+    assert state["net"] is None and "net" not in state["experts"]
+    m.attach_net(None, 0.0)
+    assert "net" not in m.experts
 
 
 # -- network ---------------------------------------------------------------------------------
@@ -222,14 +393,44 @@ def test_off_grid_actions_snap_to_the_nearest_grid_point():
 
 
 # -- dedup -------------------------------------------------------------------------------------
+def _b_bit(j: float) -> float:
+    """What the index reports for a signature pair agreeing on a share ``j`` of its slots
+    (b-bit estimate, no accidental agreement)."""
+    return (j - 1 / 256) / (1 - 1 / 256)
+
+
+def test_lsh_bands_favour_recall_at_the_threshold():
+    from datasketch.lsh import _optimal_param
+
+    dedup = DeduplicationOptimizer(threshold=0.7)
+    assert (dedup.bands, dedup.rows) == (20, 6) == _optimal_param(0.7, 128, 0.1, 0.9)
+    assert 1 - (1 - 0.8 ** dedup.rows) ** dedup.bands > 0.997
+
+
 def test_lsh_finds_near_duplicates_ranked_by_jaccard():
     dedup = DeduplicationOptimizer(threshold=0.5)
     dedup.train([ev.fingerprint(0), ev.fingerprint(1, base=0, edits=8),
                  ev.fingerprint(2, base=0, edits=40), ev.fingerprint(3)])
     found = dedup.find_similar_blocks(ev.block_hash(100_000), top_k=5)
     assert [f["block_hash"] for f in found] == [ev.block_hash(100_001), ev.block_hash(100_002)]
-    assert found[0]["jaccard"] == pytest.approx(1 - 8 / 128)
+    assert found[0]["jaccard"] == pytest.approx(_b_bit(1 - 8 / 128), abs=2 / 128)
     assert dedup.find_similar_blocks(ev.block_hash(123)) == []
+    assert dedup.find_similar_blocks("not a hash") == []
+
+
+def test_lsh_verifies_candidates_at_the_query_threshold():
+    dedup = DeduplicationOptimizer(threshold=0.5)
+    dedup.train([ev.fingerprint(0), ev.fingerprint(1, base=0, edits=8),
+                 ev.fingerprint(2, base=0, edits=40)])
+    base = ev.fingerprint(0)["minhash"]
+    at_9 = dedup.query(base, top_k=10, min_jaccard=0.9)
+    assert [f["block_hash"] for f in at_9] == [ev.block_hash(100_000), ev.block_hash(100_001)]
+    assert [f["jaccard"] for f in at_9] == [1.0, pytest.approx(_b_bit(120 / 128), abs=2 / 128)]
+    assert len(dedup.query(base, top_k=10)) == 3  # default: the index threshold, 0.5
+    assert dedup.predict({"block_hash": ev.block_hash(100_000), "min_jaccard": 0.9}) == at_9[1:]
+    for bad in (0, -0.1, 1.5):
+        with pytest.raises(ValueError):
+            dedup.query(base, min_jaccard=bad)
 
 
 def test_lsh_capacity_evicts_the_oldest():
@@ -237,8 +438,10 @@ def test_lsh_capacity_evicts_the_oldest():
     for i in range(25):
         dedup.learn_record(ev.fingerprint(i))
     assert len(dedup) == 10 and dedup.evictions == 15
-    assert ev.block_hash(100_000) not in dedup and ev.block_hash(100_024) in dedup
-    assert len(dedup._lsh.keys) == 10
+    assert [i for i in range(25) if ev.block_hash(100_000 + i) in dedup] == list(range(15, 25))
+    # an evicted block's signature is gone from the bands too: its own copy finds nothing
+    assert dedup.query(ev.fingerprint(3)["minhash"]) == []
+    assert dedup.query(ev.fingerprint(20)["minhash"])[0]["block_hash"] == ev.block_hash(100_020)
 
 
 def test_lsh_reinserting_a_block_refreshes_it_instead_of_duplicating():
@@ -246,19 +449,146 @@ def test_lsh_reinserting_a_block_refreshes_it_instead_of_duplicating():
     for i in (0, 1, 2, 0, 3):
         dedup.learn_record(ev.fingerprint(i))
     assert ev.block_hash(100_000) in dedup and ev.block_hash(100_001) not in dedup
+    assert dedup.n_updates == 4 and len(dedup.query(ev.fingerprint(0)["minhash"], 10)) == 1
 
 
-def test_lsh_checkpoint_keeps_only_signatures():
-    dedup = DeduplicationOptimizer(capacity=1000)
-    for i in range(500):
+def test_lsh_a_recently_seen_block_costs_no_slot_when_seen_again():
+    dedup = DeduplicationOptimizer(capacity=10)
+    for i in list(range(10)) + [9, 8, 9, 10]:  # 8 and 9 are in the newer half: stay put
         dedup.learn_record(ev.fingerprint(i))
-    size = len(persist.dumps(dedup, KEY))
-    assert size < 500 * 128 * 4 * 1.3  # signatures plus keys, not the band tables
+    assert [i for i in range(11) if ev.block_hash(100_000 + i) in dedup] == list(range(1, 11))
+    assert dedup.evictions == 1
+
+
+def test_lsh_work_per_query_is_bounded_with_30000_identical_fingerprints():
+    rng = np.random.default_rng(0)
+    sig = rng.integers(0, 2**32, 128, dtype=np.uint32)
+    dedup = DeduplicationOptimizer(capacity=40_000, max_candidates=100, max_chain=50)
+    n = 30_000
+    dedup.add_many([f"{i:064x}" for i in range(n)], np.tile(sig, (n, 1)))
+    found = dedup.query(sig, top_k=5)
+    assert dedup.last_query_links <= dedup.bands * dedup.max_chain
+    assert 0 < dedup.last_query_candidates <= dedup.max_candidates
+    assert dedup.capped_queries == 1
+    # what a capped query sees are the newest entries
+    assert [f["block_hash"] for f in found] == [f"{i:064x}" for i in range(n - 1, n - 6, -1)]
+    assert {f["jaccard"] for f in found} == {1.0}
+    # signatures that collide in one band only: that band's walk is cut, the rest is empty
+    colliding = rng.integers(0, 2**32, (n, 128), dtype=np.uint32)
+    colliding[:, :dedup.rows] = sig[:dedup.rows]
+    dedup.add_many([f"{n + i:064x}" for i in range(n)], colliding)
+    probe = rng.integers(0, 2**32, 128, dtype=np.uint32)
+    probe[:dedup.rows] = sig[:dedup.rows]
+    assert dedup.query(probe) == [] and dedup.capped_queries == 2
+    assert dedup.last_query_links <= dedup.bands * dedup.max_chain
+    assert dedup.last_query_candidates <= dedup.max_candidates
+
+
+def _index_state(d):
+    return [d._heads, d._next, d._bh, d._sig8, d._raw, d._stamp, d._alive, len(d), d.evictions,
+            d.n_updates]
+
+
+def test_lsh_batch_insert_is_the_same_as_one_by_one():
+    rng = np.random.default_rng(1)
+    pool = rng.integers(0, 2**32, (40, 128), dtype=np.uint32)
+    for i in range(20, 40):  # near-duplicates of the first 20
+        pool[i] = pool[i - 20]
+        pool[i, rng.choice(128, 12, replace=False)] = rng.integers(0, 2**32, 12)
+    hashes = [ev.block_hash(i) for i in range(40)]
+    one, many = DeduplicationOptimizer(capacity=17), DeduplicationOptimizer(capacity=17)
+    stream = rng.integers(0, 40, 400)  # repeats: re-seen blocks, in both halves of the ring
+    for start in range(0, 400, 37):
+        rows = stream[start:start + 37]
+        for i in rows:
+            one.add(hashes[i], pool[i])
+        many.add_many([hashes[i] for i in rows], pool[rows])
+        for a, b in zip(_index_state(one), _index_state(many)):
+            np.testing.assert_array_equal(a, b)
+    for q in range(40):
+        assert one.query(pool[q], top_k=50) == many.query(pool[q], top_k=50)
+
+
+def test_lsh_batch_insert_checks_every_row_before_changing_anything():
+    dedup = DeduplicationOptimizer()
+    sigs = np.random.default_rng(2).integers(0, 2**32, (3, 128), dtype=np.uint32)
+    dedup.add(ev.block_hash(0), sigs[0])
+    for hashes, rows in (([ev.block_hash(1), "xyz", ev.block_hash(3)], sigs),
+                         ([ev.block_hash(1), ev.block_hash(2)], [sigs[1], sigs[2][:64]]),
+                         ([ev.block_hash(1), ev.block_hash(2)], [sigs[1], [-1] * 128]),
+                         ([ev.block_hash(1)], sigs)):
+        with pytest.raises(ValueError):
+            dedup.add_many(hashes, rows)
+        assert len(dedup) == 1 and dedup.n_updates == 1
+
+
+def test_lsh_envelope_with_a_bad_fingerprint_rejects_only_that_event():
+    from pakit_stream.events.schema import BlockFingerprint
+    from pakit_stream.pipeline import Pipeline
+    from pakit_stream.settings import Settings
+
+    pipeline = Pipeline(Settings())
+    events = [BlockFingerprint(node_id="node-a", ts=1.0, block_hash=ev.block_hash(i),
+                               minhash=ev.fingerprint(i)["minhash"][: 64 if i == 2 else 128])
+              for i in range(5)]
+    rejects = pipeline.apply("pakit.fingerprints", events)
+    assert [r.index for r in rejects] == [2] and "128 values" in rejects[0].reason
+    assert len(pipeline.dedup) == 4 and pipeline.applied["pakit.fingerprints"] == 4
+
+
+def test_lsh_similar_hint_passes_min_jaccard_through():
+    from pakit_stream.pipeline import Pipeline
+    from pakit_stream.serving.hints import BadRequest, HintService
+    from pakit_stream.settings import Settings
+
+    pipeline = Pipeline(Settings())
+    pipeline.dedup.train([ev.fingerprint(0), ev.fingerprint(1, base=0, edits=4),
+                          ev.fingerprint(2, base=0, edits=30)])
+    hints = HintService(pipeline)
+    block = ev.block_hash(100_000)
+    assert len(hints.similar(block, "5")["similar"]) == 2  # the index threshold, 0.7
+    strict = hints.similar(block, "5", "0.9")
+    assert [s["block_hash"] for s in strict["similar"]] == [ev.block_hash(100_001)]
+    for bad in ("0", "1.5", "nan", "x", "-0.2"):
+        with pytest.raises(BadRequest, match="min_jaccard"):
+            hints.similar(block, "5", bad)
+
+
+def test_lsh_checkpoint_round_trip_gives_the_same_answers(tmp_path):
+    rng = np.random.default_rng(3)
+    pool = rng.integers(0, 2**32, (300, 128), dtype=np.uint32)
+    pool[150:] = pool[:150]
+    for i in range(150, 300):
+        pool[i, rng.choice(128, 20, replace=False)] = rng.integers(0, 2**32, 20)
+    dedup = DeduplicationOptimizer(ModelConfig(key=KEY), capacity=200)
+    dedup.add_many([ev.block_hash(i) for i in range(300)], pool)
+    for i in (120, 250, 120):  # re-seen: one moves, leaving a dead link behind
+        dedup.add(ev.block_hash(i), pool[i])
+    dedup.save(tmp_path / "d.pkl")
+    # the live entries (32 + 128 + 4 × bands + 8 bytes each), not the band arrays
+    size = (tmp_path / "d.pkl").stat().st_size
+    assert size < len(dedup) * (32 + 128 + 4 * dedup.bands + 8) + 5_000
+    restored = DeduplicationOptimizer(ModelConfig(key=KEY)).load(tmp_path / "d.pkl")
+    # 120 moved to the front (it was in the older half) and its old slot is a dead link
+    assert len(restored) == len(dedup) == 199 and restored.evictions == dedup.evictions
+    for q in range(300):
+        assert restored.query(pool[q], top_k=20) == dedup.query(pool[q], top_k=20)
+        h = ev.block_hash(q)
+        assert (h in restored) == (h in dedup)
+    # and it goes on evicting the oldest first
+    dedup.add(ev.block_hash(1000), pool[0])
+    restored.add(ev.block_hash(1000), pool[0])
+    assert [q for q in range(300) if ev.block_hash(q) in restored] == [
+        q for q in range(300) if ev.block_hash(q) in dedup]
 
 
 def test_lsh_rejects_malformed_signatures():
     with pytest.raises(ValueError):
         DeduplicationOptimizer().add(ev.block_hash(1), np.arange(64))
+    with pytest.raises(ValueError):
+        DeduplicationOptimizer().add(ev.block_hash(1), [2**32] * 128)
+    with pytest.raises(ValueError):
+        DeduplicationOptimizer().add("ab" * 31, np.arange(128))
 
 
 # -- successors ----------------------------------------------------------------------------------

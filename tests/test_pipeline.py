@@ -27,8 +27,11 @@ def test_every_family_reaches_its_learner_and_is_counted():
     p = fed_pipeline()
     assert p.applied == {"pakit.blocks": 20, "pakit.access": 50, "pakit.fingerprints": 30,
                          "pakit.peers": 60, "pakit.gossip": 30}
-    # 1 KiB block: zstd 341 B + 110 us beats lz4 512 B + 25 us at 1 byte per microsecond
-    assert len(p.codec_window) == 20 and p.codec_window[0][1] == "zstd"
+    # every stored block, with what each codec cost on it, reaches the codec chooser
+    x, costs = p.codec_window[0]
+    assert len(p.codec_window) == 20 and costs == {"zstd": (341, 110.0), "lz4": (512, 25.0)}
+    assert x["block_size"] == 1024 and "compression_ratio" not in x["features"]
+    assert p.codec.n_updates == 20 and p.codec.predict_one({"block_size": 1024}) == "zstd"
     assert len(p.dedup) == 30 and p.peers.n_peers == 3 and p.network.n_states == 1
     assert p.successors.n_updates > 0
     assert sample(p, "pakit_stream_events_total", topic="pakit.peers", outcome="ok") == 60

@@ -66,10 +66,36 @@ def test_csv_column_is_chosen_by_flag(tmp_path):
         read_trace(path, "csv", column="block")
 
 
-def test_big_endian_uint32_addresses(tmp_path):
+def test_uint32_addresses_in_either_byte_order(tmp_path):
     path = tmp_path / "w.trace.xz"
     path.write_bytes(lzma.compress(np.array([1, 2, 70000], dtype=">u4").tobytes()))
     assert read_trace(path, "u32be").tolist() == [1, 2, 70000]
+    path.write_bytes(lzma.compress(np.array([1, 2, 70000], dtype="<u4").tobytes()))
+    assert read_trace(path, "u32le").tolist() == [1, 2, 70000]
+    assert read_trace(path, "u32be").tolist() != [1, 2, 70000]  # the wrong order scrambles
+
+
+def test_oracle_general_requests_keep_their_span_in_sectors(tmp_path):
+    from pakit_stream.replay.traces import ORACLE_GENERAL, read_requests
+
+    records = np.zeros(3, dtype=ORACLE_GENERAL)
+    records["obj_id"] = [100, 108, 7]
+    records["obj_size"] = [4096, 512, 100]  # 8 sectors, 1, and less than one
+    path = tmp_path / "t.bin"
+    path.write_bytes(records.tobytes())
+    ids, spans = read_requests(path, "oracle-general")
+    assert ids.tolist() == [100, 108, 7] and spans.tolist() == [8, 1, 1]
+    assert read_requests(path, "oracle-general", sector_bytes=4096)[1].tolist() == [1, 1, 1]
+    lines = tmp_path / "l.txt"
+    lines.write_text("5\n6\n")
+    assert read_requests(lines, "lines")[1].tolist() == [1, 1]
+
+
+def test_the_command_line_offers_every_trace_format():
+    from pakit_stream import cli
+    from pakit_stream.replay.traces import TRACE_FORMATS
+
+    assert cli.TRACE_FORMATS == TRACE_FORMATS
 
 
 def test_bad_format_and_empty_traces_are_refused_with_a_reason(tmp_path):
@@ -114,7 +140,8 @@ def test_stored_events_measure_every_codec_and_pass_the_contract(tmp_path):
     kinds = [e["event_type"] for e in events]
     assert kinds[:2] == ["block_stored", "block_fingerprint"] and len(events) % 2 == 0
     first = events[0]
-    assert {r["algorithm"] for r in first["codec_results"]} == {"none", "zstd", "lz4", "snappy", "brotli"}
+    assert {r["algorithm"] for r in first["codec_results"]} == {
+        "none", "zstd-1", "zstd-3", "zstd-9", "lz4", "snappy", "brotli-4"}
     assert first["compression_ratio"] < 0.5  # text of eight words really compresses
     assert {e["node_id"] for e in events} == {"n1", "n2"}
     assert all(valid(e) for e in events)

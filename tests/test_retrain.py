@@ -13,17 +13,19 @@ from . import events as ev
 
 
 def stored_blocks(start, n, seed):
-    """Blocks whose best codec (cost = bytes + 1 per microsecond) follows their entropy:
-    incompressible ones are cheapest with lz4, the rest with zstd."""
+    """Blocks whose best codec (cost = bytes + 1 per microsecond) follows their entropy, which
+    only the net sees: incompressible ones are cheapest with lz4 (zstd even grows them), the
+    rest with zstd. Their probe and the node's previous block tell nothing."""
     rng = random.Random(seed)
     out = []
     for i in range(start, start + n):
         entropy = rng.uniform(0, 8)
         size = rng.choice([4096, 65536, 262144])
         dense = entropy > 6
-        zstd = int(size * (0.97 if dense else 0.3))
+        zstd = int(size * (1.1 if dense else 0.3))
         lz4 = int(size * (0.98 if dense else 0.5))
-        e = dict(ev.stored(i), block_size=size, entropy=round(entropy, 3), codec_results=[
+        e = dict(ev.stored(i), block_size=size, entropy=round(entropy, 3), probe_ratio=0.5,
+                 node_id=f"node-{rng.randrange(50)}", codec_results=[
             {"algorithm": "zstd", "compressed_size": zstd, "compress_us": size / 50,
              "decompress_us": size / 400},
             {"algorithm": "lz4", "compressed_size": lz4, "compress_us": size / 400,
@@ -55,7 +57,8 @@ def wait_for_model(daemon, not_version=None, timeout=180):
 
 
 def hint(daemon, entropy):
-    return daemon.post("/v1/hints/compression", {"block_size": 65536, "entropy": entropy})
+    return daemon.post("/v1/hints/compression", {"block_size": 65536, "entropy": entropy,
+                                                  "probe_ratio": 0.5})
 
 
 def test_daemon_retrains_swaps_rolls_back_and_refuses_a_corrupt_model(producer, daemon_factory,
@@ -73,7 +76,11 @@ def test_daemon_retrains_swaps_rolls_back_and_refuses_a_corrupt_model(producer, 
     v1, v2, v3 = versions
     learned = hint(daemon, 7.5)
     assert learned["source"] == "learned" and learned["model_version"] == v3
+    assert learned["expert"] == "net" and learned["probe_used"]
     assert learned["algorithm"] == "lz4" and hint(daemon, 1.0)["algorithm"] == "zstd"
+    # without the net's inputs, the cost tables answer
+    plain = daemon.post("/v1/hints/compression", {"block_size": 65536})
+    assert plain["expert"] != "net" and plain["model_version"] is None
     metrics = daemon.get("/metrics")
     assert 'pakit_stream_retrains_total{model="compression_predictor",outcome="accepted"} 3.0' in metrics
     assert f'pakit_stream_model_serving_info{{model="compression_predictor",version="{v3}"}} 1.0' in metrics
@@ -114,6 +121,6 @@ def test_daemon_retrains_swaps_rolls_back_and_refuses_a_corrupt_model(producer, 
     bad = store.register("compression_predictor", worse, {"accuracy": 0.0})
     status, body = admin(daemon, f"gate/{bad}?min_gain=0")
     assert status == 200 and body["outcome"] == "rejected"
-    assert body["candidate_score"] < body["serving_score"]
+    assert body["candidate_score"] < 0  # dearer than the cost tables and the best fixed codec
     assert store.metadata("compression_predictor", bad)["status"] == "rejected"
     assert hint(daemon, 7.5)["model_version"] == v2

@@ -50,12 +50,13 @@ def test_a_worse_candidate_is_rejected_and_the_serving_model_stays(tmp_path):
     p.apply("pakit.blocks", decoder.decode(ev.pack(flipped)).events)
     p.apply("pakit.blocks", decoder.decode(ev.pack(stored_blocks(2000, 100, seed=3))).events)
     second = asyncio.run(r.retrain("drift"))
-    assert second["outcome"] == "rejected" and second["candidate_score"] < second["serving_score"]
+    # dearer on the held-out window than the cost tables and the best fixed codec
+    assert second["outcome"] == "rejected" and second["candidate_score"] < 0
     assert p.codec_model.version == first["version"]
     assert r.registry.metadata("compression_predictor", second["version"])["status"] == "rejected"
     assert sample(p, "pakit_stream_retrains_total", model="compression_predictor",
                   outcome="rejected") == 1
-    assert p.stats()["quality"]["codec_online"] > 0  # the serving model was scored online
+    assert p.stats()["quality"]["codec_online"] > 0  # the chooser was scored online
 
 
 def test_a_hanging_retrain_is_killed_and_counted(tmp_path):

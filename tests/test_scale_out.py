@@ -121,4 +121,6 @@ def test_the_leaders_new_model_reaches_every_worker(producer, daemon_factory, tm
     (version,) = served
     for w, store in zip(workers, ("a", "b")):
         assert (tmp_path / store / "compression_predictor" / version / "model.safetensors").exists()
-        assert w.post("/v1/hints/compression", {"block_size": 65536})["model_version"] == version
+        answer = w.post("/v1/hints/compression", {"block_size": 65536, "probe_ratio": 0.5,
+                                                  "entropy": 7.5})
+        assert (answer["expert"], answer["model_version"]) == ("net", version)

@@ -1,9 +1,17 @@
 """Which codec to compress a block with: a torch MLP over content-free block features.
 
 Input: the features :meth:`FeatureExtractor.extract_features` gives a ``block_stored`` event
-(size, depth, parents, sampled entropy — never the codec chosen or the ratio achieved). Label:
-the codec that minimised the documented cost among those the node measured
-(:func:`pakit_stream.pipeline.best_codec`).
+(size, depth, parents, sampled entropy, the 4 KiB lz4 probe — never the codec chosen or the
+ratio achieved). Targets come in two kinds:
+
+* **costs** (what the daemon trains on): each sample's label is a mapping ``codec -> cost``
+  (bytes + λ · µs, as measured on the block). The net is trained on the *expected cost* of its
+  softmax choice, in excess of the block's cheapest codec and scaled to the average block's
+  cost, so a mistake weighs what it costs: picking zstd-9 for a 4 KiB block at a high CPU
+  price costs more than missing it on a cheap one. Cross-entropy on the cheapest codec's name
+  would weigh both the same;
+* **a codec name** (the guide's datasets): plain classification, which is the same objective
+  with a cost of 1 for every other codec.
 """
 
 from __future__ import annotations
@@ -48,7 +56,8 @@ class CompressionPredictor(BatchModel):
         if not samples:
             raise ValueError("no training samples")
         self.feature_names = sorted({k for f, _ in samples for k in f})
-        self.classes = sorted({str(label) for _, label in samples})
+        self.classes = sorted({str(c) for _, label in samples
+                               for c in (label if isinstance(label, Mapping) else (label,))})
         self.hidden_dim = hidden_dim or self.hidden_dim
         self.dropout = self.dropout if dropout is None else dropout
         self._build()
@@ -64,8 +73,23 @@ class CompressionPredictor(BatchModel):
                             dtype=torch.float32)
 
     def encode(self, data) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs, and targets: class indices for named labels, or for cost labels a matrix
+        of each codec's cost above the block's cheapest, in units of the mean cheapest cost
+        (a codec the block was not measured with costs as much as its dearest)."""
         samples = list(data)
         index = {c: i for i, c in enumerate(self.classes)}
+        if samples and isinstance(samples[0][1], Mapping):
+            rows, keep = [], []
+            for f, costs in samples:
+                known = {c: float(v) for c, v in costs.items() if c in index}
+                if not known:
+                    continue
+                worst, best = max(known.values()), min(known.values())
+                rows.append([known.get(c, worst) - best for c in self.classes])
+                keep.append((f, best))
+            scale = max(sum(b for _, b in keep) / max(len(keep), 1), 1e-9)
+            return (self._matrix([f for f, _ in keep]),
+                    torch.tensor(rows, dtype=torch.float32).reshape(-1, len(self.classes)) / scale)
         keep = [(f, index[str(label)]) for f, label in samples if str(label) in index]
         return (self._matrix([f for f, _ in keep]),
                 torch.tensor([y for _, y in keep], dtype=torch.long))

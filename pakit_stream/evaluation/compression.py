@@ -1,17 +1,33 @@
-"""Codec choice on real files: the trained MLP against fixed rules, a sampling selector and
-the per-block oracle.
+"""Codec choice on real files: the daemon's codec chooser against fixed codecs, a sampling
+selector and the per-block oracle, on each corpus it never trained on, choosing charged.
 
-Every file under the data directories is cut by FastCDC at several average sizes; every block
-is really compressed and decompressed with zstd-3, lz4, snappy and brotli-4 (cramjam). A
-block's cost under a codec is ``compressed bytes + λ · (compress µs + decompress µs)``; the
-oracle picks the cheapest per block. Files are split 70/30 as wholes (a corpus has no time
-axis; whole files keep every view of a file on one side), the MLP is trained on the training
-files only and answers for the test files as the daemon serves it (numpy forward pass).
+Every file is cut by FastCDC at several average sizes; every block is really compressed and
+decompressed with each codec of :data:`~pakit_stream.simulate.CODECS` (zstd 1/3/9, lz4,
+snappy, brotli-4, and ``none``), each timing the median of ``repeats`` runs (one run lets the
+oracle profit from noise). A block's cost under a codec is ``bytes + λ · µs``.
+
+**Protocol: leave one corpus out.** A data directory with subdirectories is a set of corpora
+(each subdirectory one; a directory of files alone is one corpus split by file, 70/30). For
+each corpus, the chooser learns the other corpora's blocks (as a daemon knows other nodes'),
+then meets the corpus' blocks as a node stores them (files in a seeded random order, each
+file's chunks in order): it chooses each block's codec, then learns the block's measured
+costs, as the daemon does from ``codec_results``. The batch net is trained on the other
+corpora and serves only if :func:`~pakit_stream.serving.codec.judge_codec_net` admits it on
+their newest 20%. The fair baseline is **the best fixed codec chosen on the other corpora**;
+the best fixed codec in hindsight on the corpus itself is a reference.
+
+**What choosing costs** is charged at the same price: for the chooser, the measured time of
+applying its compiled rule (:class:`~pakit_stream.learners.codec.CodecPolicy`) and the block's
+measured probe when the rule reads it (and the net's features and forward pass when it leads);
+for sampling, the compression of its samples. ``cost_with_selection_over_oracle`` is the
+headline; ``@corpus`` figures give it per corpus, ``headroom@corpus`` the best fixed codec's
+excess over the oracle and ``captured@corpus`` the share of it the chooser saved.
 """
 
 from __future__ import annotations
 
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,24 +37,39 @@ import numpy as np
 
 from pakit_stream.evaluation.report import OURS, Evaluation, figure, labels, save
 from pakit_stream.features import codec_features
+from pakit_stream.learners.codec import CodecCostModel, heuristic_codec
 from pakit_stream.replay.blocks import chunk_tree
+from pakit_stream.settings import Settings
 from pakit_stream.simulate import CODECS, codec_results, entropy, probe_ratio
 
-__all__ = ["run", "Block", "load_blocks", "sampling_choice"]
+__all__ = ["run", "Block", "load_corpora", "sampling_choice", "GOAL_CAPTURE", "PRICES"]
 
 AVG_SIZES = (4096, 16384, 65536, 262144)
+PRICES = (1.0, 5.0, 20.0, 100.0)
+GOAL_CAPTURE = 0.5  # where the best fixed codec leaves >= 1% headroom, save >= half of it
+FIXED = "best-fixed-codec"
 
 
 class Block:
-    __slots__ = ("group", "size", "features", "bytes", "cpu_us", "feature_us", "data")
+    __slots__ = ("corpus", "group", "size", "features", "probe", "bytes", "cpu_us", "probe_us",
+                 "feature_us", "data")
 
-    def __init__(self, group: str, data: bytes, keep_data: bool) -> None:
-        self.group, self.size = group, len(data)
-        started = time.perf_counter()
-        ent, probe = entropy(data), probe_ratio(data)
-        self.feature_us = (time.perf_counter() - started) * 1e6
+    def __init__(self, corpus: str, group: str, data: bytes, repeats: int,
+                 keep_data: bool) -> None:
+        self.corpus, self.group, self.size = corpus, group, len(data)
+        probe_t, feat_t = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            probe = probe_ratio(data)
+            t1 = time.perf_counter()
+            ent = entropy(data)
+            t2 = time.perf_counter()
+            probe_t.append(t1 - t0)
+            feat_t.append(t2 - t0)
+        self.probe, self.probe_us = probe, statistics.median(probe_t) * 1e6
+        self.feature_us = statistics.median(feat_t) * 1e6  # probe and entropy: the net's inputs
         self.features = codec_features(len(data), group.count("/"), ent, 1, probe)
-        results = codec_results(data)
+        results = codec_results(data, repeats=repeats)
         self.bytes = {r["algorithm"]: r["compressed_size"] for r in results}
         self.cpu_us = {r["algorithm"]: r["compress_us"] + r["decompress_us"] for r in results}
         self.data = data if keep_data else None
@@ -49,17 +80,37 @@ class Block:
     def best(self, lam: float) -> str:
         return min(self.bytes, key=lambda c: self.cost(c, lam))
 
+    def sample(self, node: str) -> tuple[dict, dict]:
+        """What the daemon learns from this block's ``block_stored`` event."""
+        return ({"block_size": self.size, "node_id": node, "probe_ratio": self.probe,
+                 "features": self.features},
+                {c: (self.bytes[c], self.cpu_us[c]) for c in self.bytes})
 
-def load_blocks(paths: list[Path], avg_sizes=AVG_SIZES, max_bytes: int | None = None,
-                keep_data: bool = True) -> list[Block]:
-    blocks = []
-    for root in paths:
-        for avg in avg_sizes:
-            for chunk in chunk_tree(root, avg, max_bytes):
-                blocks.append(Block(f"{root.name}/{chunk.path}", chunk.data, keep_data))
-    if not blocks:
+
+_CACHE: dict[tuple, dict[str, list[Block]]] = {}
+
+
+def load_corpora(paths: list[Path], avg_sizes=AVG_SIZES, max_bytes: int | None = None,
+                 repeats: int = 5, keep_data: bool = True) -> dict[str, list[Block]]:
+    """``{corpus: blocks}``: each subdirectory of each path is a corpus; a path without
+    subdirectories is one. Measured once per process (seeds reuse the measurements)."""
+    key = (tuple(str(p) for p in paths), tuple(avg_sizes), max_bytes, repeats, keep_data)
+    if key in _CACHE:
+        return _CACHE[key]
+    roots: list[tuple[str, Path]] = []
+    for path in paths:
+        subdirs = sorted(p for p in Path(path).iterdir() if p.is_dir()) if path.is_dir() else []
+        roots += [(d.name, d) for d in subdirs] or [(Path(path).name, Path(path))]
+    corpora: dict[str, list[Block]] = {}
+    for name, root in roots:
+        blocks = [Block(name, f"{avg}/{chunk.path}", chunk.data, repeats, keep_data)
+                  for avg in avg_sizes for chunk in chunk_tree(root, avg, max_bytes)]
+        if blocks:
+            corpora[name] = blocks
+    if not corpora:
         raise ValueError(f"no blocks under {', '.join(map(str, paths))}")
-    return blocks
+    _CACHE[key] = corpora
+    return corpora
 
 
 def sampling_choice(data: bytes, lam: float, cpu_us_per_byte: dict[str, float],
@@ -84,121 +135,243 @@ def sampling_choice(data: bytes, lam: float, cpu_us_per_byte: dict[str, float],
     return min(est, key=est.get), (time.perf_counter() - started) * 1e6
 
 
-def _train(train: list[Block], lam: float, seed: int, epochs: int):
+def _stream(blocks: list[Block], rng: random.Random) -> list[Block]:
+    """Blocks as a node stores them: whole files in a random order, chunks in file order."""
+    files: dict[str, list[Block]] = {}
+    for b in blocks:
+        files.setdefault(f"{b.corpus}/{b.group}", []).append(b)
+    order = list(files)
+    rng.shuffle(order)
+    return [b for name in order for b in files[name]]
+
+
+def _lookup_us(model: CodecCostModel, blocks: list[Block]) -> float:
+    """Median µs of applying the compiled rule to a block (what a node pays to choose)."""
+    policy = model.policy()
+    times = []
+    for b in blocks[:2000]:
+        t0 = time.perf_counter()
+        policy.choose(b.size, 0.5, b.probe)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e6)
+
+
+def _train_net(train: list[Block], lam: float, seed: int, epochs: int):
     from pakit_stream.batch.compression import CompressionPredictor
+    from pakit_stream.serving.codec import ServedCodecModel
     from pakit_stream.training import ModelTrainer, TrainingConfig, TrainingDataset
 
-    data = TrainingDataset([(b.features, b.best(lam)) for b in train])
+    data = TrainingDataset([(b.features, {c: b.cost(c, lam) for c in b.bytes}) for b in train])
     fit, val, _ = data.split(0.85, 0.15, 0.0, seed=seed)
     model = CompressionPredictor()
     ModelTrainer(TrainingConfig(num_epochs=epochs, early_stopping_patience=8, batch_size=64,
                                 learning_rate=3e-3, seed=seed)).train(model, fit, val)
-    return model
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "codec.safetensors")
+        return ServedCodecModel(Path(tmp) / "codec.safetensors")
 
 
-def _score(test: list[Block], chosen: list[str], lam: float, oracle_cost: float,
-           selection_us: float) -> dict[str, Any]:
-    cost = sum(b.cost(c, lam) for b, c in zip(test, chosen))
-    raw = sum(b.size for b in test)
-    stored = sum(b.bytes[c] for b, c in zip(test, chosen))
-    cpu = sum(b.cpu_us[c] for b, c in zip(test, chosen))
-    return {"cost_over_oracle": cost / oracle_cost,
-            "accuracy": float(np.mean([c == b.best(lam) for b, c in zip(test, chosen)])),
-            "bytes_saved_share": 1 - stored / raw, "bytes_saved": raw - stored,
-            "codec_cpu_ms": cpu / 1e3, "selection_cpu_ms": selection_us / 1e3,
-            "cost_with_selection_over_oracle": (cost + lam * selection_us) / oracle_cost}
+def _chooser(train: list[Block], lam: float, seed: int, epochs: int, probe_us: float,
+             entropy_us: float) -> tuple[CodecCostModel, dict[str, Any]]:
+    """The daemon's chooser after learning ``train``, with the net attached if the gate
+    admits it (trained on the older 80%, judged on the newest 20%, as the daemon does)."""
+    from pakit_stream.serving.codec import forward_us, judge_codec_net, relative_cost
+
+    cut = int(len(train) * 0.8)
+    gate: dict[str, Any] = {"attached": False}
+    net = _train_net(train[:cut], lam, seed, epochs) if epochs > 0 else None
+    lookup = 0.3
+    model = CodecCostModel(cpu_bytes_per_us=lam, probe_us=probe_us, lookup_us=lookup,
+                           halflife=Settings().codec_halflife)  # as the daemon builds it
+    for b in train:
+        model.learn_one(*b.sample("train"))
+    model.lookup_us = lookup = _lookup_us(model, train)
+    if net is not None:
+        net_us = entropy_us + forward_us(net, train[0].features)
+        gate = judge_codec_net(net, [b.sample("train") for b in train[:cut]],
+                               [b.sample("train") for b in train[cut:]], cpu_bytes_per_us=lam,
+                               probe_us=probe_us, entropy_us=entropy_us, lookup_us=lookup,
+                               net_us=net_us - entropy_us, halflife=model.halflife)
+        gate["attached"] = gate["gain"] > 0
+        if gate["attached"]:  # as the daemon serves an admitted net
+            model.attach_net(net, probe_us + net_us, relative_cost(gate["gain"]))
+    return model, gate
+
+
+def _score(blocks: list[Block], chosen: list[str], selection_us: float, lam: float,
+           oracle: float) -> dict[str, float]:
+    cost = sum(b.cost(c, lam) for b, c in zip(blocks, chosen))
+    raw = sum(b.size for b in blocks)
+    stored = sum(b.bytes[c] for b, c in zip(blocks, chosen))
+    return {"cost_with_selection_over_oracle": (cost + lam * selection_us) / oracle,
+            "cost_over_oracle": cost / oracle,
+            "accuracy": float(np.mean([c == b.best(lam) for b, c in zip(blocks, chosen)])),
+            "bytes_saved_share": 1 - stored / raw,
+            "codec_cpu_ms": sum(b.cpu_us[c] for b, c in zip(blocks, chosen)) / 1e3,
+            "selection_cpu_ms": selection_us / 1e3}
+
+
+def _corpus(test: list[Block], train: list[Block], lam: float, rng: random.Random, seed: int,
+            epochs: int) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Every method on one held-out corpus: per method its figures (over the oracle)."""
+    probe_us = statistics.median(b.probe_us for b in train)
+    entropy_us = statistics.median(b.feature_us - b.probe_us for b in train)
+    stream = _stream(test, rng)
+    oracle = sum(b.cost(b.best(lam), lam) for b in stream)
+    totals = {c: sum(b.cost(c, lam) for b in train) for c in train[0].bytes}
+    fixed = min(totals, key=totals.get)
+    hindsight = min(totals, key=lambda c: sum(b.cost(c, lam) for b in stream))
+
+    model, gate = _chooser(_stream(train, rng), lam, seed, epochs, probe_us, entropy_us)
+    ours, ours_us, experts = [], 0.0, {}
+    for b in stream:
+        choice = model.choose(b.size, "node", lambda b=b: b.probe, b.features)
+        ours.append(choice.algorithm)
+        spent = model.lookup_us  # a node applies its compiled rule to every block
+        if choice.expert == "net":
+            spent = b.feature_us + (choice.selection_us - probe_us - entropy_us)
+        elif choice.probed:
+            spent += b.probe_us
+        ours_us += spent
+        experts[choice.expert] = experts.get(choice.expert, 0) + 1
+        model.learn_one(*b.sample("node"))
+
+    so_far: dict[str, float] = {c: 0.0 for c in totals}
+    for c in totals:  # the fixed codec cheapest so far: it starts from the other corpora
+        so_far[c] = totals[c] / max(len(train), 1)
+    online_fixed = []
+    for b in stream:
+        online_fixed.append(min(so_far, key=so_far.get))
+        for c in so_far:
+            so_far[c] += b.cost(c, lam)
+
+    per_byte = {c: sum(b.cpu_us[c] for b in train) / sum(b.size for b in train) for c in CODECS}
+    sampled = [sampling_choice(b.data, lam, per_byte) for b in stream]
+    choices = {
+        "oracle": ([b.best(lam) for b in stream], 0.0),
+        "best-fixed-in-hindsight": ([hindsight] * len(stream), 0.0),
+        FIXED: ([fixed] * len(stream), 0.0),
+        "best-fixed-so-far": (online_fixed, 0.0),
+        "always-zstd-1": (["zstd-1"] * len(stream), 0.0),
+        "always-zstd-3": (["zstd-3"] * len(stream), 0.0),
+        "always-lz4": (["lz4"] * len(stream), 0.0),
+        "zstd-3-above-100kB-else-lz4": ([heuristic_codec(b.size) for b in stream], 0.0),
+        "sampling-1%": ([c for c, _ in sampled], sum(s for _, s in sampled)),
+        OURS: (ours, ours_us),
+    }
+    rows = {name: _score(stream, chosen, us, lam, oracle) for name, (chosen, us) in choices.items()}
+    info = {"blocks": len(stream), "oracle_cost": oracle, "fixed_codec": fixed,
+            "hindsight_codec": hindsight, "experts_used": experts, "net_gate": gate,
+            "probe_us": probe_us, "lookup_us": model.lookup_us}
+    return rows, info
 
 
 def run(paths: list[Path], out: Path, *, cpu_bytes_per_us: float = 1.0, seed: int = 0,
-        test_share: float = 0.3, max_bytes: int | None = None, epochs: int = 100,
-        avg_sizes=AVG_SIZES) -> Evaluation:
-    from pakit_stream.serving.codec import ServedCodecModel
-
+        max_bytes: int | None = None, epochs: int = 40, avg_sizes=AVG_SIZES, repeats: int = 5,
+        plots: bool = True) -> Evaluation:
     lam = cpu_bytes_per_us
-    blocks = load_blocks(paths, avg_sizes, max_bytes)
-    groups = sorted({b.group for b in blocks})
-    random.Random(seed).shuffle(groups)
-    held = set(groups[: max(1, round(len(groups) * test_share))])
-    train = [b for b in blocks if b.group not in held]
-    test = [b for b in blocks if b.group in held]
-    if not train or not test:
-        raise ValueError("need at least two files: one to train on and one to test on")
+    corpora = load_corpora(paths, avg_sizes, max_bytes, repeats)
+    if len(corpora) < 2:  # one corpus: hold out 30% of its files instead
+        (name, blocks), = corpora.items()
+        files = sorted({b.group.split("/", 1)[1] for b in blocks})
+        random.Random(seed).shuffle(files)
+        held = set(files[:max(1, round(len(files) * 0.3))])
+        if len(held) == len(files):
+            raise ValueError("need at least two files: one to train on and one to test on")
+        corpora = {f"{name} (held-out files)": [b for b in blocks if b.group.split("/", 1)[1] in held],
+                   f"{name} (training files)": [b for b in blocks
+                                                if b.group.split("/", 1)[1] not in held]}
+        tests = [next(iter(corpora))]
+    else:
+        tests = list(corpora)
+    rng = random.Random(seed)
+    per_corpus: dict[str, dict[str, dict[str, float]]] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    for name in tests:
+        train = [b for other, blocks in corpora.items() if other != name for b in blocks]
+        per_corpus[name], infos[name] = _corpus(corpora[name], train, lam, rng, seed, epochs)
 
-    model = _train(train, lam, seed, epochs)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(Path(tmp) / "codec.safetensors")
-        served = ServedCodecModel(Path(tmp) / "codec.safetensors")
-    started = time.perf_counter()
-    ours = [served.predict(b.features)["algorithm"] for b in test]
-    infer_us = (time.perf_counter() - started) * 1e6
-    per_byte = {c: sum(b.cpu_us[c] for b in train) / sum(b.size for b in train) for c in CODECS}
-    sampled = [sampling_choice(b.data, lam, per_byte) for b in test]
-
-    oracle_cost = sum(b.cost(b.best(lam), lam) for b in test)
-    choices = {
-        "oracle": ([b.best(lam) for b in test], 0.0),
-        "always-zstd-3": (["zstd"] * len(test), 0.0),
-        "always-lz4": (["lz4"] * len(test), 0.0),
-        "zstd-above-100kB-else-lz4": (["zstd" if b.size > 100_000 else "lz4" for b in test], 0.0),
-        "sampling-1%": ([c for c, _ in sampled], sum(s for _, s in sampled)),
-        OURS: (ours, infer_us + sum(b.feature_us for b in test)),
-    }
-    results = {name: _score(test, chosen, lam, oracle_cost, sel)
-               for name, (chosen, sel) in choices.items()}
-
-    # learning curve: the same protocol on growing shares of the training files
-    train_groups = [g for g in groups if g not in held]
-    curve = []
-    for share in (0.1, 0.25, 0.5, 1.0):
-        keep = set(train_groups[: max(1, round(len(train_groups) * share))])
-        sub = [b for b in train if b.group in keep]
-        picks = _train(sub, lam, seed, epochs).predict_labels([b.features for b in test])
-        curve.append((len(sub), _score(test, picks, lam, oracle_cost, 0.0)["cost_over_oracle"]))
-
-    labels = {}
-    for b in train:
-        labels[b.best(lam)] = labels.get(b.best(lam), 0) + 1
+    methods = list(next(iter(per_corpus.values())))
+    oracle_total = sum(i["oracle_cost"] for i in infos.values())
+    results: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        row: dict[str, Any] = {}
+        for key in next(iter(per_corpus.values()))[m]:
+            if key.endswith("_over_oracle"):  # pooled: total cost over total oracle cost
+                row[key] = sum(per_corpus[c][m][key] * infos[c]["oracle_cost"]
+                               for c in per_corpus) / oracle_total
+            elif key == "accuracy":
+                row[key] = sum(per_corpus[c][m][key] * infos[c]["blocks"] for c in per_corpus) / sum(
+                    i["blocks"] for i in infos.values())
+            elif key != "bytes_saved_share":
+                row[key] = sum(per_corpus[c][m][key] for c in per_corpus)
+        for c in per_corpus:
+            row[f"cost_with_selection_over_oracle@{c}"] = per_corpus[c][m]["cost_with_selection_over_oracle"]
+        results[m] = row
     ev = Evaluation(
         learner="compression", title=f"compression, CPU priced at {lam:g} B/µs",
-        data=[str(p) for p in paths], metric="cost_over_oracle",
-        higher_is_better=False, naive_baseline="always-zstd-3", references=("oracle",),
-        protocol=(f"cost = compressed bytes + {lam:g} × CPU µs (compress + decompress); FastCDC "
-                  f"blocks at average sizes {', '.join(str(a) for a in avg_sizes)} B; "
-                  f"{len(held)} of {len(groups)} files held out whole ({len(test)} test blocks, "
-                  f"{len(train)} training blocks); the MLP never sees a test file."),
+        data=[str(p) for p in paths], metric="cost_with_selection_over_oracle",
+        higher_is_better=False, naive_baseline=FIXED,
+        references=("oracle", "best-fixed-in-hindsight"),
+        protocol=(f"cost = compressed bytes + {lam:g} × CPU µs (compress + decompress, median "
+                  f"of {repeats} runs), choosing charged at the same price; FastCDC blocks at "
+                  f"average sizes {', '.join(str(a) for a in avg_sizes)} B; each of "
+                  f"{len(per_corpus)} corpora held out in turn ({', '.join(per_corpus)}): the "
+                  "chooser learns the others, then chooses and learns the held-out corpus' "
+                  "blocks as a node stores them; the best fixed codec is chosen on the others; "
+                  "figures pool the held-out corpora, `@corpus` gives each."),
         results=results,
-        details={"train_label_share": {k: v / len(train) for k, v in sorted(labels.items())},
-                 "learning_curve": [{"train_blocks": n, "cost_over_oracle": c} for n, c in curve],
-                 "test_files": sorted(held), "cpu_bytes_per_us": lam,
-                 "summary_columns": ["cost_over_oracle", "accuracy", "bytes_saved_share",
-                                     "codec_cpu_ms", "selection_cpu_ms"]})
-    zstd_share = float(np.mean([b.best(lam) == "zstd" for b in test]))
-    headroom = results["always-zstd-3"]["cost_over_oracle"] - 1
-    ev.notes.append(f"The oracle picks zstd-3 for {zstd_share:.1%} of the test blocks: choosing "
-                    f"per block can save at most {headroom:.3%} of the cost over always-zstd-3.")
-    ev.notes.append("`selection_cpu_ms`: CPU spent choosing (pakit-stream: the node's entropy "
-                    "and 4 KiB lz4 probe plus the numpy forward pass; sampling-1%: compressing "
-                    "the samples); `cost_with_selection_over_oracle` charges it at the same price.")
-    ev.plots = _plots(ev, curve, out)
+        details={"corpora": infos, "cpu_bytes_per_us": lam,
+                 "summary_columns": ["cost_with_selection_over_oracle", "cost_over_oracle",
+                                     "accuracy", "codec_cpu_ms", "selection_cpu_ms"]})
+    if plots:
+        ev.plots = _plots(per_corpus, out, lam)
     return ev
 
 
-def _plots(ev: Evaluation, curve, out: Path) -> list[tuple[str, str]]:
-    fig, ax = figure()
-    names = sorted(ev.results, key=lambda m: ev.results[m]["cost_over_oracle"])
-    vals = [ev.results[m]["cost_over_oracle"] for m in names]
-    ax.barh(names, vals, color=["tab:red" if m == OURS else "tab:gray" for m in names])
-    ax.set_xlim(min(vals) * 0.98, max(vals) * 1.01)
-    labels(ax, "total cost ÷ oracle cost (lower is better)", "", "Codec choice on held-out files",
-           legend=False)
+def finish(ev: Evaluation) -> None:
+    """The per-corpus goal, judged on the figures as reported (means over the seeds): never
+    above the best fixed codec; where it leaves >= 1% headroom, save >= half of it."""
+    ours, fixed = ev.results[OURS], ev.results[FIXED]
+    goals = {}
+    for c, info in ev.details["corpora"].items():
+        theirs = fixed[f"cost_with_selection_over_oracle@{c}"]
+        mine = ours[f"cost_with_selection_over_oracle@{c}"]
+        headroom = theirs - 1
+        captured = (theirs - mine) / headroom if headroom > 0 else float("nan")
+        ours[f"headroom@{c}"], ours[f"captured@{c}"] = headroom, captured
+        goals[c] = info["goal"] = {
+            "not_above_best_fixed": mine <= theirs, "headroom": headroom, "captured": captured,
+            "capture_goal_applies": headroom >= 0.01,
+            "met": mine <= theirs and (headroom < 0.01 or captured >= GOAL_CAPTURE)}
+    met = [c for c, g in goals.items() if g["met"]]
+    notes = [f"Goal (never above the best fixed codec; where it leaves ≥ 1% headroom, save "
+             f"≥ {GOAL_CAPTURE:.0%} of it) met on {len(met)} of {len(goals)} corpora"
+             + (": " + ", ".join(met) if met else "") + "."]
+    for c, g in goals.items():
+        if g["met"]:
+            continue
+        why = ("costs more than the best fixed codec" if not g["not_above_best_fixed"]
+               else f"saves {g['captured']:.0%} of a {g['headroom']:.1%} headroom")
+        notes.append(f"`{c}`: {why} (best fixed {fixed[f'cost_with_selection_over_oracle@{c}']:.4f}, "
+                     f"pakit-stream {ours[f'cost_with_selection_over_oracle@{c}']:.4f}; "
+                     f"{ev.details['corpora'][c]['blocks']} blocks).")
+    ev.notes = notes + [n for n in ev.notes if not n.startswith(("Goal (", "`"))]
+
+
+def _plots(per_corpus, out: Path, lam: float) -> list[tuple[str, str]]:
+    names = list(per_corpus)
+    methods = [OURS, FIXED, "best-fixed-so-far", "sampling-1%", "best-fixed-in-hindsight"]
+    fig, ax = figure(max(7.0, 1.3 * len(names)), 4.2)
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        vals = [per_corpus[c][m]["cost_with_selection_over_oracle"] for c in names]
+        ax.bar(np.arange(len(names)) + i * width, vals, width,
+               color="tab:red" if m == OURS else None, label=m)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=20, fontsize=8)
+    low = min(per_corpus[c][m]["cost_with_selection_over_oracle"] for c in names for m in methods)
+    ax.set_ylim(max(0.95, low - 0.01), None)
+    labels(ax, "held-out corpus", "cost with choosing ÷ oracle cost",
+           f"Codec choice per held-out corpus, CPU at {lam:g} B/µs")
     save(fig, out / "compression_cost.png")
-    fig, ax = figure()
-    ax.plot([n for n, _ in curve], [c for _, c in curve], "o-", color="tab:red", label=OURS)
-    for name, style in (("always-zstd-3", "--"), ("sampling-1%", ":"),
-                        ("zstd-above-100kB-else-lz4", "-.")):
-        ax.axhline(ev.results[name]["cost_over_oracle"], ls=style, color="gray", label=name)
-    labels(ax, "training blocks", "test cost ÷ oracle cost",
-           "Learning curve: held-out cost vs training data", xlog=True)
-    save(fig, out / "compression_learning_curve.png")
-    return [("Cost against the oracle", "compression_cost.png"),
-            ("Learning curve", "compression_learning_curve.png")]
+    return [("Cost against the oracle, per corpus", "compression_cost.png")]

@@ -69,7 +69,7 @@ def _test(choose, test: RttMatrix, sizes, losses, reps: int, seed: int) -> dict[
 
 def run(paths: list[Path], out: Path, *, unit: str, seed: int = 0, train_rounds: int = 40_000,
         reps: int = 30, c: float = 2.0, max_slices: int | None = None, sizes=SIZES,
-        losses=LOSSES) -> Evaluation:
+        losses=LOSSES, plots: bool = True) -> Evaluation:
     matrix = RttMatrix.load(paths[0], unit, max_slices=max_slices)
     cut = max(1, int(matrix.slices * 0.7))
     if cut >= matrix.slices:
@@ -124,7 +124,8 @@ def run(paths: list[Path], out: Path, *, unit: str, seed: int = 0, train_rounds:
                             + ", ".join(missed))
     ev.notes.append("Settings pakit-stream chose (fanout/TTL per size and loss): " + ", ".join(
         f"n={n} loss={l}: {v['fanout']}/{v['ttl']}" for (n, l), v in runs[OURS].items()) + ".")
-    ev.plots = _plots(runs, curve, out)
+    if plots:
+        ev.plots = _plots(runs, curve, out)
     return ev
 
 

@@ -1,6 +1,6 @@
 """Next-block prefetching on real access traces: the daemon's prefetch hint (the GRU's picks
-interleaved with the online successor table's) against LRU alone, next-N sequential and a
-Markov successor table.
+interleaved with the online successor table's) against LRU alone, next-N sequential (by the
+request's own size, where the trace records it) and a Markov successor table.
 
 Each trace is split in time: the first 70% trains, the accesses after it test (at most
 ``max_test``). The batch GRU is frozen during the test; the online tables (the Markov baseline
@@ -26,7 +26,7 @@ import numpy as np
 
 from pakit_stream.evaluation.report import OURS, Evaluation, figure, save
 from pakit_stream.learners.successors import SuccessorTable
-from pakit_stream.replay.traces import read_trace
+from pakit_stream.replay.traces import read_requests
 
 __all__ = ["run", "simulate_cache", "CACHE_SHARES"]
 
@@ -83,7 +83,8 @@ def _precision_hit(test: list[str], props: list[list[str]], k: int) -> tuple[flo
 
 
 def evaluate_trace(ids: np.ndarray, *, k: int = 5, depth: int = 2, max_test: int = 50_000,
-                   epochs: int = 8, train_share: float = 0.7, seed: int = 0) -> dict[str, Any]:
+                   epochs: int = 8, train_share: float = 0.7, seed: int = 0,
+                   spans: np.ndarray | None = None) -> dict[str, Any]:
     from pakit_stream.batch.prefetch import PrefetchEngine
     from pakit_stream.serving.prefetch import ServedPrefetchModel, propose
     from pakit_stream.training import TrainingConfig
@@ -91,6 +92,8 @@ def evaluate_trace(ids: np.ndarray, *, k: int = 5, depth: int = 2, max_test: int
     seq = [str(int(b)) for b in ids]
     cut = int(len(seq) * train_share)
     train, test = seq[:cut], seq[cut:cut + max_test]
+    test_spans = ([1] * len(test) if spans is None
+                  else [int(x) for x in spans[cut:cut + max_test]])
     if len(train) < 10 or len(test) < 10:
         raise ValueError(f"trace too short to split ({len(seq)} accesses)")
 
@@ -108,13 +111,13 @@ def evaluate_trace(ids: np.ndarray, *, k: int = 5, depth: int = 2, max_test: int
     def ours(recent, k):  # exactly the daemon's prefetch hint
         return propose(served, fallback, recent, k)[0]
 
-    def sequential(recent, k):
-        b = int(recent[-1])
-        return [str(b + j) for j in range(1, k + 1)]
+    def sequential(i):  # the next k requests of the same size, back to back
+        b, span = int(test[i]), test_spans[i]
+        return [str(b + j * span) for j in range(1, k + 1)]
 
     props = {
         NONE: None,
-        "next-n-sequential": _proposals(test, k, sequential),
+        "next-n-sequential": [sequential(i) for i in range(len(test))],
         "markov-successor": _proposals(test, k, lambda r, k: markov.successors(r[-1], k),
                                        lambda b: markov.observe("eval", b)),
         OURS: _proposals(test, k, ours, lambda b: fallback.observe("eval", b)),
@@ -150,12 +153,12 @@ def evaluate_trace(ids: np.ndarray, *, k: int = 5, depth: int = 2, max_test: int
 
 def run(paths: list[Path], out: Path, *, fmt: str, column: str = "lbn", seed: int = 0,
         max_accesses: int | None = 200_000, max_test: int = 50_000, k: int = 5, depth: int = 2,
-        epochs: int = 8) -> Evaluation:
+        epochs: int = 8, plots: bool = True) -> Evaluation:
     traces = {}
     for path in paths:
-        ids = read_trace(path, fmt, column=column, limit=max_accesses)
+        ids, spans = read_requests(path, fmt, column=column, limit=max_accesses)
         traces[path.name] = evaluate_trace(ids, k=k, depth=depth, max_test=max_test,
-                                           epochs=epochs, seed=seed)
+                                           epochs=epochs, seed=seed, spans=spans)
     methods = list(next(iter(traces.values()))["results"])
     results = {}
     for m in methods:
@@ -169,8 +172,10 @@ def run(paths: list[Path], out: Path, *, fmt: str, column: str = "lbn", seed: in
         naive_baseline=NONE,
         protocol=(f"format `{fmt}`; first 70% of each trace (at most {max_accesses} accesses "
                   f"read) trains, up to {max_test} following accesses test; online tables learn "
-                  f"test-then-train; top {k} proposals, {depth} prefetched per access; figures "
-                  f"averaged over {len(traces)} trace(s)."),
+                  f"test-then-train; top {k} proposals, {depth} prefetched per access; "
+                  "next-n-sequential proposes the next requests of the same size back to back "
+                  f"(requests of oracleGeneral traces span size/512 sectors); figures averaged "
+                  f"over {len(traces)} trace(s)."),
         results=results,
         details={"traces": {name: {key: v for key, v in t.items() if key != "rolling_hit"}
                             for name, t in traces.items()},
@@ -182,7 +187,8 @@ def run(paths: list[Path], out: Path, *, fmt: str, column: str = "lbn", seed: in
                         f"1% cache = {t['cache_blocks']['1%']:,} blocks; hit ratio at 1%: "
                         + ", ".join(f"{m} {r['hit_ratio_cache_1%']:.3f}"
                                     for m, r in t["results"].items()))
-    ev.plots = _plots(traces, out, k)
+    if plots:
+        ev.plots = _plots(traces, out, k)
     return ev
 
 

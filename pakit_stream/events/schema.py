@@ -34,6 +34,8 @@ __all__ = [
     "DLQ_TOPIC",
     "MINHASH_PERM",
     "MAX_ENVELOPE_EVENTS",
+    "PEER_CONTEXT_KEYS",
+    "check_peer_context",
     "wire_type",
 ]
 
@@ -118,6 +120,7 @@ class PeerFetch(Event, tag="peer_fetch"):
     def __post_init__(self):
         if self.peer_id not in self.candidates:
             raise ValueError("peer_id must be one of candidates")
+        check_peer_context(self.context)
 
 
 class GossipRound(Event, tag="gossip_round"):
@@ -138,6 +141,18 @@ class _Untyped(Event, tag="__untyped__"):
 
     def __post_init__(self):
         raise ValueError("event_type '__untyped__' is reserved")
+
+
+#: the context features a peer fetch or a peer hint may carry; anything else is refused
+PEER_CONTEXT_KEYS = ("time_of_day", "network_load", "block_size_log")
+
+
+def check_peer_context(context) -> None:
+    """Raise ``ValueError`` naming the first context key outside :data:`PEER_CONTEXT_KEYS`
+    (the peer learner's features are fixed, so that no event can grow its state)."""
+    for key in context or ():
+        if key not in PEER_CONTEXT_KEYS:
+            raise ValueError(f"context key {key!r} is not one of {', '.join(PEER_CONTEXT_KEYS)}")
 
 
 E = TypeVar("E")

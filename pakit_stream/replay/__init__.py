@@ -3,7 +3,7 @@
 * :mod:`~pakit_stream.replay.blocks`: a directory of files, cut by content-defined chunking
   (FastCDC), each block really compressed with every codec, sampled and fingerprinted.
 * :mod:`~pakit_stream.replay.traces`: block access traces (libCacheSim oracleGeneral, one id
-  per line, CSV, big-endian uint32) replayed through an LRU cache.
+  per line, CSV, uint32 in either byte order) replayed through an LRU cache.
 * :mod:`~pakit_stream.replay.latency`: time-sliced RTT matrices between real hosts, and a peer
   simulator whose fetch latencies come from the matrix at the current slice.
 * :mod:`~pakit_stream.replay.gossip`: push gossip with fanout, TTL and loss over such a matrix.

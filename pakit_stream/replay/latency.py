@@ -112,6 +112,16 @@ class FetchStep:
     jitter: tuple[float, ...]  # per candidate: N(0, noise)
     luck: tuple[float, ...]  # per candidate: U(0, 1), lost below ``loss``
 
+    @property
+    def node(self) -> int:
+        """The requesting host."""
+        return self.replay.node
+
+    @property
+    def ts(self) -> float:
+        """When the fetch happens, in fetch periods: every host fetches once per period."""
+        return float(self.index)
+
     def expected_ms(self, peer: int) -> float:
         """The mean cost of fetching from ``peer`` now, failures at the timeout."""
         return self.replay.expected_ms(self.slice, peer)

@@ -27,7 +27,6 @@ from msgspec import Meta, Struct
 
 from pakit_stream.events.schema import BlockHash, ContextKey, Fraction, Identifier, Millis
 from pakit_stream.features import codec_features
-from pakit_stream.serving.codec import heuristic_codec
 from pakit_stream.serving.prefetch import propose
 from pakit_stream.exceptions import InvalidEventError
 from pakit_stream.pipeline import Pipeline
@@ -102,13 +101,18 @@ class HintService:
             self._fail(hint, exc)
 
     def peer(self, body: bytes) -> dict:
-        """``{node_id, available_peers, context}`` → ``{peer_id, source, score}``."""
+        """``{node_id, available_peers, context}`` → ``{peer_id, source, score}``; ``score``
+        is the chosen peer's expected latency in ms for that node."""
         started = time.perf_counter()
         req = self._parse("peer", body, PeerHintRequest)
-        choice = self.pipeline.peers.select(req.available_peers, req.context, req.block_size)
+        try:
+            choice = self.pipeline.peers.select(req.available_peers, req.context,
+                                                req.block_size, req.node_id)
+        except ValueError as exc:  # a context key outside the whitelist
+            self._fail("peer", BadRequest(str(exc)))
         self._done("peer", choice.source, started)
         return {"peer_id": choice.peer_id, "source": choice.source,
-                "score": None if choice.score is None else round(choice.score, 6)}
+                "score": None if choice.score is None else round(choice.score, 3)}
 
     def network(self, body: bytes) -> dict:
         """``{network_size, avg_latency_ms, message_loss_rate}`` → ``{fanout, ttl, ...}``."""
@@ -120,8 +124,11 @@ class HintService:
         self._done("network", answer["source"], started)
         return answer
 
-    def similar(self, block_hash: str, top_k: str | int = 5) -> dict:
-        """Blocks similar to ``block_hash`` → ``{similar: [{block_hash, jaccard}], source}``."""
+    def similar(self, block_hash: str, top_k: str | int = 5,
+                min_jaccard: str | float | None = None) -> dict:
+        """Blocks similar to ``block_hash`` → ``{similar: [{block_hash, jaccard}], source}``;
+        ``min_jaccard`` (0 < x ≤ 1, default the index threshold) is the least estimated
+        Jaccard an answer must have."""
         started = time.perf_counter()
         if not _HEX64.fullmatch(block_hash or ""):
             self._fail("similar", BadRequest("block_hash must be 64 lowercase hex characters"))
@@ -131,9 +138,16 @@ class HintService:
             k = -1
         if not 1 <= k <= 100:
             self._fail("similar", BadRequest("top_k must be an integer from 1 to 100"))
+        if min_jaccard is not None:
+            try:
+                min_jaccard = float(min_jaccard)
+            except (TypeError, ValueError):
+                min_jaccard = -1.0
+            if not 0 < min_jaccard <= 1:  # also refuses nan
+                self._fail("similar", BadRequest("min_jaccard must be a number in (0, 1]"))
         dedup = self.pipeline.dedup
         if block_hash in dedup:
-            similar = dedup.find_similar_blocks(block_hash, k)
+            similar = dedup.find_similar_blocks(block_hash, k, min_jaccard)
             self.pipeline.metrics.lsh_query.observe(dedup.last_query_seconds)
             source = "learned"
         else:  # never fingerprinted: all we can say is that the block is identical to itself
@@ -142,19 +156,25 @@ class HintService:
         return {"block_hash": block_hash, "similar": similar, "source": source}
 
     def compression(self, body: bytes) -> dict:
-        """``{block_size, block_depth?, entropy?, parent_count?, probe_ratio?}`` →
-        ``{algorithm, confidence, model_version, source}``; before any model: zstd above
-        100 kB, else lz4."""
+        """``{block_size, node_id?, probe_ratio?, block_depth?, entropy?, parent_count?}`` →
+        ``{algorithm, expert, probe_used, probe_recommended, model_version, source}``: the
+        codec cost model's choice (see :mod:`pakit_stream.learners.codec`); before any data,
+        zstd-3 above 100 kB, else lz4. ``probe_recommended`` says whether the rule for blocks
+        of this size reads the probe: send ``probe_ratio`` for those."""
         started = time.perf_counter()
         req = self._parse("compression", body, CompressionHintRequest)
-        model = self.pipeline.codec_model  # read once: a swap mid-request cannot mix models
-        if model is None:
-            answer = {"algorithm": heuristic_codec(req.block_size), "confidence": None,
-                      "model_version": None, "source": "fallback"}
-        else:
-            x = codec_features(req.block_size, req.block_depth, req.entropy, req.parent_count,
-                               req.probe_ratio)
-            answer = {**model.predict(x), "source": "learned"}
+        codec = self.pipeline.codec
+        features = None
+        if req.probe_ratio is not None and req.entropy is not None:
+            features = codec_features(req.block_size, req.block_depth, req.entropy,
+                                      req.parent_count, req.probe_ratio)
+        choice = codec.choose(req.block_size, req.node_id, req.probe_ratio, features)
+        net = self.pipeline.codec_model
+        answer = {"algorithm": choice.algorithm, "expert": choice.expert,
+                  "probe_used": choice.probed,
+                  "probe_recommended": codec.reads_probe(req.block_size),
+                  "model_version": net.version if choice.expert == "net" else None,
+                  "source": choice.source}
         self._done("compression", answer["source"], started)
         return answer
 

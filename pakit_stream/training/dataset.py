@@ -70,13 +70,16 @@ class TrainingDataset:
               seed: int = 0, stratify: bool = True
               ) -> tuple[TrainingDataset, TrainingDataset, TrainingDataset]:
         """Disjoint train / validation / test sets; stratified so every class keeps its share
-        (each class's samples are shuffled and cut by the ratios)."""
+        (each class's samples are shuffled and cut by the ratios). Samples whose label is a
+        mapping of costs are stratified by their cheapest class."""
         total = train_ratio + val_ratio + test_ratio
         if total <= 0 or min(train_ratio, val_ratio, test_ratio) < 0:
             raise ValueError("ratios must be non-negative and not all zero")
         rng = random.Random(seed)
         groups: dict[Any, list[int]] = defaultdict(list)
         for i, (_, label) in enumerate(self.samples):
+            if isinstance(label, Mapping):
+                label = min(label, key=label.get)
             groups[label if stratify else None].append(i)
         parts: tuple[list[int], list[int], list[int]] = ([], [], [])
         for indices in groups.values():

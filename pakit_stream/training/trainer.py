@@ -1,9 +1,12 @@
 """Train a batch model: minibatches, early stopping on validation loss, best weights kept.
 
-The loop is the same for every :class:`~pakit_stream.batch.base.BatchModel` (they are all
-classifiers: a codec, or the next block): AdamW, an optional learning-rate schedule, gradient
-accumulation, mixed precision on CUDA, a checkpoint of the best epoch (safetensors) and
-TensorBoard scalars (``Loss/train``, ``Loss/val``, ``Accuracy/train``, ``Accuracy/val``).
+The loop is the same for every :class:`~pakit_stream.batch.base.BatchModel` (they all choose
+one of several classes: a codec, or the next block): AdamW, an optional learning-rate
+schedule, gradient accumulation, mixed precision on CUDA, a checkpoint of the best epoch
+(safetensors) and TensorBoard scalars (``Loss/train``, ``Loss/val``, ``Accuracy/train``,
+``Accuracy/val``). Targets are class indices (cross-entropy) or, for cost-sensitive models, a
+matrix of each class's cost (the expected cost of the softmax choice; "accuracy" is then the
+share of samples where the choice is the cheapest class).
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ def _threads(config: TrainingConfig) -> int:
     return config.num_threads or max(1, (os.cpu_count() or 2) - 1)
 
 
+def _expected_cost(logits: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
+    """Mean expected cost of choosing by ``softmax(logits)``: a cost-sensitive objective."""
+    return (torch.softmax(logits.float(), dim=1) * costs).sum(1).mean()
+
+
+def _correct(logits: torch.Tensor, y: torch.Tensor) -> int:
+    target = y.argmin(1) if y.is_floating_point() else y
+    return int((logits.argmax(1) == target).sum())
+
+
 class ModelTrainer:
     def __init__(self, config: TrainingConfig | None = None) -> None:
         self.config = config or TrainingConfig()
@@ -45,6 +58,7 @@ class ModelTrainer:
         cfg = self.config
         if cfg.device:
             model.config.device = cfg.device
+        torch.manual_seed(cfg.seed)  # before prepare: it builds the net, whose init is random
         model.prepare(train_data, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
         x, y = model.encode(train_data)
         xv, yv = model.encode(val_data)
@@ -72,7 +86,7 @@ class ModelTrainer:
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=1)
         elif cfg.lr_schedule == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.num_epochs)
-        loss_fn = nn.CrossEntropyLoss()
+        loss_fn = _expected_cost if y.is_floating_point() else nn.CrossEntropyLoss()
         writer = self._writer()
         x, y, xv, yv = x.to(device), y.to(device), xv.to(device), yv.to(device)
         best = (float("inf"), -1, None, 0.0)
@@ -96,7 +110,7 @@ class ModelTrainer:
                     scaler.update()
                     opt.zero_grad(set_to_none=True)
                 total += float(loss.detach()) * len(idx)
-                correct += int((out.argmax(1) == y[idx]).sum())
+                correct += _correct(out, y[idx])
             val_loss, val_acc = self._evaluate(net, xv, yv, loss_fn)
             row = {"epoch": epoch, "train_loss": total / len(y), "train_accuracy": correct / len(y),
                    "val_loss": val_loss, "val_accuracy": val_acc,
@@ -133,7 +147,7 @@ class ModelTrainer:
         for i in range(0, len(y), batch):
             out = net(x[i:i + batch])
             total += float(loss_fn(out, y[i:i + batch])) * len(out)
-            correct += int((out.argmax(1) == y[i:i + batch]).sum())
+            correct += _correct(out, y[i:i + batch])
         return total / len(y), correct / len(y)
 
     def _writer(self):

@@ -1,0 +1,492 @@
+"""Which codec to compress a block with: least expected cost, choosing charged at the same price.
+
+A block's cost under a codec is ``compressed bytes + λ · CPU µs`` (compress + decompress;
+``λ`` = ``cpu_bytes_per_us``). Nodes report, for every stored block, how each codec did
+(``codec_results``), so after each block the learner knows what *every* rule would have cost:
+full information. It keeps
+
+* **cost tables**: per cell, the bytes each codec produced and the µs it took per raw byte,
+  over half-octave size buckets, crossed with the node's **recent compressibility** (the lz4
+  ratio of its previous block: free, since consecutive blocks of a file look alike) and with
+  the **probe** (the lz4 ratio of the block's first 4 KiB: it costs ``probe_us`` to compute).
+  A cell's estimate starts from its parent's (size bucket, then everything) and moves to its
+  own data as blocks arrive (``shrinkage`` pseudo-blocks);
+* **experts**: rules that turn the tables into a choice: every fixed codec, by size, by size
+  and recent compressibility, by size and probe, by all three (and the batch net, when one is
+  attached). Each expert's cost on every block, selection included (the probe, the lookup,
+  the net's forward pass), is summed with exponential forgetting (``halflife`` blocks) over
+  all blocks, per size bucket, per node and per node and size bucket; a block follows the
+  expert cheapest so far for its node and size, each level starting from the broader ones
+  (``prior_blocks`` pseudo-blocks). This is prediction with expert advice under full
+  information: every expert's cost on every block is known once the block is stored.
+
+Because the fixed codecs are experts, the chooser follows the best fixed codec wherever nothing
+cleverer has paid off, probes only where probing has paid for itself, and switches when the
+data change.
+
+What a node applies is :meth:`CodecCostModel.policy`: per size bucket, the leading expert's
+decisions as a small table (a dict lookup, plus the probe where the expert uses it).
+
+>>> model = CodecCostModel(cpu_bytes_per_us=1.0)
+>>> for i in range(200):  # text-like blocks: zstd-9 squeezes hardest and CPU is cheap
+...     model.learn_one({"block_size": 65536, "node_id": "n1", "probe_ratio": 0.5},
+...                     {"zstd-9": (20000, 900.0), "lz4": (33000, 60.0), "none": (65536, 0.0)})
+>>> model.predict_one({"block_size": 65536, "node_id": "n1"})
+'zstd-9'
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pakit_stream.base_model import ModelConfig, OnlineModel
+
+__all__ = ["CodecCostModel", "CodecChoice", "CodecPolicy", "CODEC_MENU", "heuristic_codec",
+           "EXPERTS", "forward_us"]
+
+#: every codec a node may be told to use (``none``: store as is)
+CODEC_MENU = ("none", "zstd-1", "zstd-3", "zstd-9", "lz4", "snappy", "brotli-4")
+#: the rules built on the cost tables, and the features each reads
+EXPERTS = {"size": (), "recent": ("recent",), "probe": ("probe",),
+           "recent+probe": ("recent", "probe")}
+_RATIO_STEP = 0.05  # width of a compressibility bucket (lz4 ratio)
+
+
+def heuristic_codec(block_size: int) -> str:
+    """The fallback before any data: zstd-3 above 100 kB, else lz4."""
+    return "zstd-3" if block_size > 100_000 else "lz4"
+
+
+def forward_us(model, features: Mapping[str, float], repeats: int = 200) -> float:
+    """Median µs of one ``model.predict(features)``: what a node pays to ask a model."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.predict(features)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1e6)
+
+
+def _size_bucket(size: int) -> int:
+    return int(round(2 * math.log2(max(size, 1))))
+
+
+def _ratio_bucket(ratio: float | None) -> int:
+    return -1 if ratio is None else int(min(max(ratio, 0.0), 1.2) / _RATIO_STEP)
+
+
+@dataclass(frozen=True)
+class CodecChoice:
+    """A decision: the codec, the expert that made it, whether it read the probe, and the
+    µs the choosing cost (the lookup, the probe, a forward pass)."""
+
+    algorithm: str
+    expert: str
+    probed: bool
+    selection_us: float
+    source: str = "learned"
+
+
+class CodecPolicy:
+    """The decisions a node applies, compiled from the learner's state at one moment.
+
+    ``rules[size bucket] = (expert, table)``: ``table`` maps the expert's features (recent
+    and/or probe bucket) to a codec; an expert without features maps ``()``. Sizes never seen
+    use the nearest bucket.
+    """
+
+    def __init__(self, rules: dict[int, tuple[str, dict[tuple, str]]], default: str,
+                 version: int = 0) -> None:
+        self.rules, self.default, self.version = rules, default, version
+        self._sizes = sorted(rules)
+
+    def _rule(self, size: int) -> tuple[str, dict[tuple, str]] | None:
+        s = _size_bucket(size)
+        rule = self.rules.get(s)
+        if rule is None and self._sizes:
+            rule = self.rules[min(self._sizes, key=lambda b: abs(b - s))]
+        return rule
+
+    def needs_probe(self, size: int) -> bool:
+        rule = self._rule(size)
+        return rule is not None and "probe" in EXPERTS.get(rule[0], ())
+
+    def choose(self, size: int, recent: float | None = None,
+               probe: Callable[[], float] | float | None = None) -> tuple[str, bool]:
+        """``(codec, probed)``; ``probe`` is the probe ratio or a function computing it,
+        called only when the rule reads it."""
+        rule = self._rule(size)
+        if rule is None:
+            return self.default, False
+        expert, table = rule
+        feats = EXPERTS.get(expert, ())
+        key: tuple = ()
+        probed = False
+        if "recent" in feats:
+            key += (_ratio_bucket(recent),)
+        if "probe" in feats:
+            if probe is None:
+                return table.get("noprobe", self.default), False
+            value = probe() if callable(probe) else probe
+            key += (_ratio_bucket(value),)
+            probed = True
+        return table.get(key, table.get("noprobe", self.default)), probed
+
+
+class CodecCostModel(OnlineModel):
+    """Online cost tables and the experts that choose from them (see the module docstring).
+
+    Parameters
+    ----------
+    cpu_bytes_per_us
+        ``λ``: what a CPU µs costs, in bytes.
+    probe_us, lookup_us
+        What computing the probe and applying a compiled rule cost a node, in µs: charged to
+        the experts that do so, at the price ``λ``.
+    halflife
+        Blocks after which an expert's past costs weigh half.
+    shrinkage
+        Pseudo-blocks with which a cell's parent estimate enters its own.
+    prior_blocks
+        Pseudo-blocks with which the ranking over all sizes enters a size bucket's.
+    max_nodes
+        Nodes whose recent compressibility is kept, and (node, size) running costs (least
+        recent forgotten).
+    """
+
+    default_name = "codec_cost_model"
+
+    def __init__(self, model_config: ModelConfig | None = None, *,
+                 cpu_bytes_per_us: float = 1.0, probe_us: float = 5.0, lookup_us: float = 0.3,
+                 halflife: float = 100.0, shrinkage: float = 4.0, prior_blocks: float = 5.0,
+                 max_nodes: int = 100_000, codecs: tuple[str, ...] = CODEC_MENU) -> None:
+        super().__init__(model_config)
+        self.cpu_bytes_per_us, self.probe_us, self.lookup_us = cpu_bytes_per_us, probe_us, lookup_us
+        self.halflife, self.shrinkage, self.prior_blocks = halflife, shrinkage, prior_blocks
+        self.max_nodes, self.codecs = max_nodes, tuple(codecs)
+        self._index = {c: i for i, c in enumerate(self.codecs)}
+        #: cell -> (3, codecs) array: raw bytes measured, compressed bytes, cpu µs, per codec
+        self._cells: dict[tuple, np.ndarray] = {}
+        self._counts: dict[tuple, float] = {}  # cell -> blocks
+        self._recent: OrderedDict[str, float] = OrderedDict()
+        self.experts: list[str] = [f"fixed:{c}" for c in self.codecs] + list(EXPERTS)
+        self._keep = 0.5 ** (1.0 / halflife)
+        #: running costs of the experts: () for all blocks, (size bucket,), and (node, size
+        #: bucket) for the ``max_nodes`` nodes stored to most recently -> [costs, blocks]
+        self._scores: OrderedDict[tuple, list] = OrderedDict()
+        self.net = None  # an attached batch model (see attach_net), an expert when present
+        self.net_us = 0.0
+        self._policy: CodecPolicy | None = None
+        self._policy_at = -1
+
+    # -- tables ---------------------------------------------------------------------------------
+    def _cell_keys(self, size: int, recent: float | None, probe: float | None) -> dict[str, list]:
+        s = _size_bucket(size)
+        r, p = _ratio_bucket(recent), _ratio_bucket(probe)
+        base = [("all",), ("s", s)]
+        return {"size": base, "recent": base + [("sr", s, r)],
+                "probe": base + [("sp", s, p)],
+                "recent+probe": base + [("sr", s, r), ("srp", s, r, p)]}
+
+    def _rates(self, keys: list) -> np.ndarray | None:
+        """Expected cost per raw byte of each codec (nan: never measured), shrunk to parents."""
+        lam = self.cpu_bytes_per_us
+        rate = None
+        for key in keys:
+            cell = self._cells.get(key)
+            if cell is None:
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"):
+                own = (cell[1] + lam * cell[2]) / cell[0]
+            if rate is None:
+                rate = own
+            else:
+                w = self._counts[key] / (self._counts[key] + self.shrinkage)
+                rate = np.where(np.isnan(own), rate, np.where(np.isnan(rate), own,
+                                                               w * own + (1 - w) * rate))
+        return rate
+
+    def _pick(self, rate: np.ndarray | None) -> int | None:
+        if rate is None or np.all(np.isnan(rate)):
+            return None
+        return int(np.nanargmin(rate))
+
+    # -- learning -------------------------------------------------------------------------------
+    def learn_one(self, x: Mapping[str, Any], costs: Mapping[str, tuple[float, float]]) -> None:
+        """Learn one stored block: ``x`` holds ``block_size`` and optionally ``node_id``,
+        ``probe_ratio``, ``features`` (the net's inputs); ``costs`` maps each measured codec
+        to ``(compressed bytes, cpu µs)``."""
+        size = int(x["block_size"])
+        if size <= 0:
+            return
+        node = x.get("node_id")
+        probe = x.get("probe_ratio")
+        recent = self._recent.get(node) if node is not None else None
+        for codec in costs:
+            if codec not in self._index:
+                self._add_codec(codec)
+        lam = self.cpu_bytes_per_us
+        block = np.zeros((3, len(self.codecs)))  # raw, compressed, cpu µs
+        for codec, (nbytes, us) in costs.items():
+            block[:, self._index[codec]] = (size, nbytes, us)
+        measured = block[0] > 0
+        actual = np.where(measured, block[1] + lam * block[2], np.nan)
+        self._score(size, node, recent, probe, actual, x.get("features"))
+        keys = self._cell_keys(size, recent, probe)
+        for key in {k for chain in keys.values() for k in chain}:
+            cell = self._cells.get(key)
+            if cell is None:
+                cell = self._cells[key] = np.zeros_like(block)
+                self._counts[key] = 0.0
+            cell += block
+            self._counts[key] += 1.0
+        if node is not None and "lz4" in costs:
+            self._recent[node] = costs["lz4"][0] / size
+            self._recent.move_to_end(node)
+            if len(self._recent) > self.max_nodes:
+                self._recent.popitem(last=False)
+        self.n_updates += 1
+
+    def _expert_picks(self, size: int, recent: float | None, probe: float | None,
+                      features: Mapping[str, float] | None) -> list[int | None]:
+        keys = self._cell_keys(size, recent, probe)
+        picks: list[int | None] = list(range(len(self.codecs)))
+        for name in EXPERTS:
+            if "probe" in EXPERTS[name] and probe is None:
+                picks.append(None)
+            else:
+                picks.append(self._pick(self._rates(keys[name])))
+        if self.net is not None:
+            picks.append(self._index.get(self.net.predict(features)["algorithm"])
+                         if features is not None and probe is not None else None)
+        return picks
+
+    def _selection_us(self) -> np.ndarray:
+        us = [0.0] * len(self.codecs)
+        us += [self.lookup_us + (self.probe_us if "probe" in feats else 0.0)
+               for feats in EXPERTS.values()]
+        if self.net is not None:
+            us.append(self.net_us)
+        return np.array(us)
+
+    def _score(self, size, node, recent, probe, actual, features) -> None:
+        picks = self._expert_picks(size, recent, probe, features)
+        fallback = picks[len(self.codecs)]  # the size expert: what a rule without its inputs does
+        worst = np.nanmax(actual)
+
+        def cost_of(p):
+            return worst if p is None or np.isnan(actual[p]) else actual[p]
+
+        cost = np.array([cost_of(fallback if p is None else p) for p in picks])
+        cost += self.cpu_bytes_per_us * self._selection_us()
+        keep, s, scores = self._keep, _size_bucket(size), self._scores
+        for key in ((), (s,), (node,), (node, s)) if node is not None else ((), (s,)):
+            entry = scores.get(key)
+            if entry is None:
+                entry = scores[key] = [np.zeros(len(cost)), 0.0]
+                if key and isinstance(key[0], str) and len(scores) > self.max_nodes:
+                    self._forget_oldest_node_score()
+            elif key and isinstance(key[0], str):
+                scores.move_to_end(key)
+            entry[0] = entry[0] * keep + cost
+            entry[1] = entry[1] * keep + 1.0
+
+    def _forget_oldest_node_score(self) -> None:
+        for key in self._scores:
+            if key and isinstance(key[0], str):
+                del self._scores[key]
+                return
+
+    def _leader(self, size: int, eligible: np.ndarray | None = None,
+                node: str | None = None) -> int | None:
+        """The expert with the least running cost for blocks of this size of this node.
+
+        Each level starts from the one above as ``prior_blocks`` pseudo-blocks (rescaled to its
+        own block cost): all blocks → blocks of this size; all blocks → this node's blocks;
+        then this node's blocks of this size start from the size's ranking, tilted by how the
+        node's ranking differs from everyone's (a node storing only text favours the same
+        codecs at every size).
+        """
+        total = self._scores.get(())
+        if total is None or total[1] == 0:
+            return None
+        overall = total[0] / total[1]
+        s = _size_bucket(size)
+        score = self._shrunk((s,), overall)
+        if node is not None and (node,) in self._scores:
+            mine = self._shrunk((node,), overall)
+            tilt = (mine / mine.min()) / (overall / overall.min()) if overall.min() > 0 else 1.0
+            score = self._shrunk((node, s), score * tilt)
+        if eligible is not None:
+            score = np.where(eligible, score, np.inf)
+        return int(np.argmin(score))
+
+    def _shrunk(self, key: tuple, prior: np.ndarray) -> np.ndarray:
+        entry = self._scores.get(key)
+        if entry is None or entry[1] == 0:
+            return prior
+        scale = (entry[0].min() / entry[1]) / prior.min() if prior.min() > 0 else 1.0
+        m = self.prior_blocks
+        return (entry[0] + m * prior * scale) / (entry[1] + m)
+
+    def _columns(self, change) -> None:
+        """Apply ``change(costs) -> costs`` to every running-cost vector."""
+        for entry in self._scores.values():
+            entry[0] = change(entry[0])
+
+    def _add_codec(self, codec: str) -> None:
+        """A codec never seen before joins the tables and, as a fixed rule, the experts (with
+        the worst running cost: it leads only once it has paid off)."""
+        if not isinstance(codec, str) or not codec:
+            raise ValueError(f"codec names are non-empty strings, got {codec!r}")
+        at = len(self.codecs)
+        self.codecs += (codec,)
+        self._index[codec] = at
+        for key, cell in self._cells.items():
+            self._cells[key] = np.pad(cell, ((0, 0), (0, 1)))
+        self.experts.insert(at, f"fixed:{codec}")
+        self._columns(lambda costs: np.insert(costs, at, costs.max(initial=0.0)))
+        self._policy = None
+
+    # -- the net --------------------------------------------------------------------------------
+    def attach_net(self, net, forward_us: float, relative_cost: float | None = None) -> None:
+        """Make a served batch model an expert (``None`` removes it); ``forward_us`` is what
+        its features and forward pass cost a node. Its running cost starts at the best
+        expert's times ``relative_cost`` (what the gate measured: the net's cost over the better
+        of the tables and the best fixed codec on the held-out window), or without that
+        evidence at the worst expert's, so that it leads only once it has paid off."""
+        had = self.net is not None
+        self.net, self.net_us = net, float(forward_us)
+
+        def start(costs: np.ndarray) -> float:
+            if relative_cost is None or costs.size == 0:
+                return costs.max(initial=0.0)
+            return costs.min() * relative_cost
+
+        if net is not None:
+            if had:  # a new version replaces the old one's column
+                self.experts.pop()
+                self._columns(lambda costs: costs[:-1])
+            self.experts.append("net")
+            self._columns(lambda costs: np.append(costs, start(costs)))
+        elif had:
+            self.experts.pop()
+            self._columns(lambda costs: costs[:-1])
+
+    # -- choosing -------------------------------------------------------------------------------
+    def choose(self, block_size: int, node_id: str | None = None,
+               probe: Callable[[], float] | float | None = None,
+               features: Mapping[str, float] | None = None) -> CodecChoice:
+        """The leading expert's codec for this block. ``probe`` is the probe ratio or a
+        function computing it (called only if the leader reads it); without one, only experts
+        that do not read it are eligible."""
+        size = int(block_size)
+        lead = self._leader(size, self._eligible(probe is not None, features is not None), node_id)
+        if lead is None:
+            return CodecChoice(heuristic_codec(size), "fallback", False, 0.0, "fallback")
+        name = self.experts[lead]
+        if lead < len(self.codecs):
+            return CodecChoice(self.codecs[lead], name, False, 0.0)
+        recent = self._recent.get(node_id) if node_id is not None else None
+        probed, value = False, None
+        if name == "net" or "probe" in EXPERTS.get(name, ()):
+            value = probe() if callable(probe) else probe
+            probed = True
+        if name == "net":
+            codec = self.net.predict(features)["algorithm"]
+            return CodecChoice(codec, name, True, self.net_us)
+        keys = self._cell_keys(size, recent, value)[name]
+        pick = self._pick(self._rates(keys))
+        us = self.lookup_us + (self.probe_us if probed else 0.0)
+        if pick is None:
+            return CodecChoice(heuristic_codec(size), "fallback", probed, us, "fallback")
+        return CodecChoice(self.codecs[pick], name, probed, us)
+
+    def reads_probe(self, block_size: int) -> bool:
+        """Whether the rule leading for blocks of this size reads the probe (or the net's
+        features): a node should send them for such blocks."""
+        lead = self._leader(int(block_size), self._eligible(True, True))
+        return lead is not None and (self.experts[lead] == "net"
+                                     or "probe" in EXPERTS.get(self.experts[lead], ()))
+
+    def _eligible(self, has_probe: bool, has_features: bool) -> np.ndarray:
+        ok = [True] * len(self.codecs) + [has_probe or "probe" not in f for f in EXPERTS.values()]
+        if self.net is not None:
+            ok.append(has_probe and has_features)
+        return np.array(ok)
+
+    def policy(self) -> CodecPolicy:
+        """The current decisions as a :class:`CodecPolicy` (cached until the next update)."""
+        if self._policy is not None and self._policy_at == self.n_updates:
+            return self._policy
+        rules: dict[int, tuple[str, dict]] = {}
+        ratios = sorted({k[2] for k in self._cells if k[0] == "sr"} |
+                        {k[2] for k in self._cells if k[0] == "sp"})
+        eligible = self._eligible(True, False)
+        for s in sorted({k[1] for k in self._cells if k[0] == "s"}):
+            size = int(round(2 ** (s / 2)))
+            lead = self._leader(size, eligible)
+            if lead is None:
+                continue
+            name = self.experts[lead]
+            if lead < len(self.codecs):
+                rules[s] = (name, {(): self.codecs[lead]})
+                continue
+            table: dict[Any, str] = {}
+            feats = EXPERTS[name]
+            if not feats:
+                pick = self._pick(self._rates(self._cell_keys(size, None, None)["size"]))
+                table[()] = self.codecs[pick] if pick is not None else heuristic_codec(size)
+            else:
+                grid = [(r, p) for r in ([*ratios, -1] if "recent" in feats else [None])
+                        for p in (ratios if "probe" in feats else [None])]
+                for r, p in grid:
+                    rv = None if r in (None, -1) else (r + 0.5) * _RATIO_STEP
+                    pv = None if p is None else (p + 0.5) * _RATIO_STEP
+                    pick = self._pick(self._rates(self._cell_keys(size, rv, pv)[name]))
+                    key = tuple(v for v in (r, p) if v is not None)
+                    table[key] = self.codecs[pick] if pick is not None else heuristic_codec(size)
+                no_probe = self._leader(size, self._eligible(False, False))
+                if no_probe is not None and no_probe < len(self.codecs):
+                    table["noprobe"] = self.codecs[no_probe]
+            rules[s] = (name, table)
+        self._policy = CodecPolicy(rules, heuristic_codec(1 << 20), self.n_updates)
+        self._policy_at = self.n_updates
+        return self._policy
+
+    # -- the guide's verbs ------------------------------------------------------------------------
+    def predict_one(self, x: Mapping[str, Any]) -> str:
+        return self.choose(int(x["block_size"]), x.get("node_id"), x.get("probe_ratio"),
+                           x.get("features")).algorithm
+
+    def predict(self, request: Mapping[str, Any]) -> str:
+        return self.predict_one(request)
+
+    def learn_record(self, record: Mapping[str, Any]) -> None:
+        """Learn a ``block_stored`` record with ``codec_results``; others are skipped."""
+        results = record.get("codec_results") or []
+        costs = {r["algorithm"]: (r["compressed_size"], r["compress_us"] + r["decompress_us"])
+                 for r in results}
+        if costs:
+            self.learn_one(record, costs)
+
+    def recent(self, node_id: str) -> float | None:
+        """The lz4 ratio of ``node_id``'s last stored block, if known."""
+        return self._recent.get(node_id)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["net"] = None  # batch models are files in the registry, attached on load
+        state["_policy"] = None
+        state["_policy_at"] = -1
+        if self.net is not None:  # persist the pool without the net's column
+            state["experts"] = self.experts[:-1]
+            state["_scores"] = OrderedDict((k, [v[0][:-1], v[1]]) for k, v in self._scores.items())
+        return state
