@@ -125,7 +125,7 @@ class Pipeline:
                         "codec_online": m.codec_efficiency}
         self._dp_rng = random.SystemRandom()
         self._released: dict[str, tuple[float, float]] = {}  # figure -> (when, private value)
-        self._peer_seen = self._gossip_seen = 0
+        self._peer_seen = self._gossip_seen = self._block_seen = 0
         self._handlers = {
             "pakit.blocks": self._on_blocks,
             "pakit.access": self._on_access,
@@ -215,7 +215,7 @@ class Pipeline:
     def _on_blocks(self, events: list[BlockStored]) -> list[Rejected]:
         errors, extract, window = [], self.features.extract_features, self.codec_window
         codec, online, adwin = self.codec, self.quality["codec_online"], self._codec_adwin
-        lam = codec.cpu_bytes_per_us
+        lam, every = codec.cpu_bytes_per_us, self.settings.eval_every
         labelled = 0
         for i, e in enumerate(events):
             try:
@@ -225,7 +225,8 @@ class Pipeline:
                          for r in e.codec_results}
                 x = {"block_size": e.block_size, "node_id": e.node_id,
                      "probe_ratio": e.probe_ratio, "features": extract(e)}
-                if e.block_size > 0:  # test, then train: what would the chooser have cost?
+                self._block_seen += 1
+                if e.block_size > 0 and self._block_seen % every == 0:  # test, then train
                     choice = codec.choose(e.block_size, e.node_id, e.probe_ratio, x["features"])
                     spent = {c: b + lam * us for c, (b, us) in costs.items()}
                     chosen = spent.get(choice.algorithm, max(spent.values()))

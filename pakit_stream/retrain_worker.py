@@ -57,7 +57,7 @@ def run(job: dict) -> dict:
                                       entropy_us=prices["entropy_us"],
                                       lookup_us=prices["lookup_us"], net_us=net_us,
                                       halflife=prices["halflife"])
-            metrics["gate_costs"] = verdict
+            metrics.setdefault("gate_costs", verdict)  # the first judged is the candidate
             return verdict["gain"]
         floor = 0.0  # beat the cost tables and the best fixed codec, or do not serve
     elif job["name"] == "prefetch_engine":

@@ -99,8 +99,8 @@ class Settings:
         10_000, "Nodes and peers whose pooled latency the peer learner keeps; least recent "
         "are evicted.")
     eval_every: int = _setting(
-        32, "Score the bandit and the gossip learner prequentially (predict, then learn) on "
-        "one event in this many: a prediction costs more than an update."
+        32, "Score the peer learner, the codec chooser and the gossip learner prequentially "
+        "(predict, then learn) on one event in this many: a prediction costs more than an update."
     )
     gossip_message_cost: float = _setting(
         0.01, "Reward lost per gossip message per node (see learners/network.py for the reward)."

@@ -349,10 +349,27 @@ def run(paths: list[Path], out: Path, *, unit: str, seed: int = 0, nodes: int = 
                         f"{max(learned.values()):.1f} ms; the best fixed ranking in hindsight "
                         f"{results['best-fixed-in-hindsight']['mean_latency_ms']:.1f} ms; the "
                         f"per-slice oracle {results['per-slice-oracle']['mean_latency_ms']:.1f} ms.")
+    if OURS in live:
+        _staleness_note(ev, live[OURS].sel._policy.staleness())
     if plots:
         ev.plots = _plots({m: r.sum(axis=1).cumsum() for m, r in regret.items()},
                           {m: a.mean(axis=1) for m, a in lat.items()}, out)
     return ev
+
+
+def _staleness_note(ev: Evaluation, learned: dict[tuple[int, int, float], float]) -> None:
+    """What ours learned of stale readings (``details.learned_staleness``), and a note on the
+    weight of a reading about 32 fetches old before and after a large jump of its node."""
+    ev.details["learned_staleness"] = {f"node_jump={a} peer_jump={b} age>={age:g}": w
+                                       for (a, b, age), w in learned.items()}
+    ages = {age for (a, b, age) in learned if b == 0 and a in (0, 3)}
+    both = [age for age in ages if (0, 0, age) in learned and (3, 0, age) in learned]
+    if both:
+        age = min(both, key=lambda x: abs(x - 32))
+        ev.notes.append(f"Learned by pakit-stream: a reading {age:g}+ fetches old weighs "
+                        f"{learned[0, 0, age]:g} when its node has shown no jump since, "
+                        f"{learned[3, 0, age]:g} after a jump of over 8 noise sds "
+                        "(`details.learned_staleness`).")
 
 
 def _plots(regret, lat, out: Path) -> list[tuple[str, str]]:

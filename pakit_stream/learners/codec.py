@@ -49,7 +49,7 @@ import numpy as np
 from pakit_stream.base_model import ModelConfig, OnlineModel
 
 __all__ = ["CodecCostModel", "CodecChoice", "CodecPolicy", "CODEC_MENU", "heuristic_codec",
-           "EXPERTS", "forward_us"]
+           "EXPERTS", "forward_us", "size_bucket", "ratio_bucket"]
 
 #: every codec a node may be told to use (``none``: store as is)
 CODEC_MENU = ("none", "zstd-1", "zstd-3", "zstd-9", "lz4", "snappy", "brotli-4")
@@ -74,11 +74,13 @@ def forward_us(model, features: Mapping[str, float], repeats: int = 200) -> floa
     return float(np.median(times) * 1e6)
 
 
-def _size_bucket(size: int) -> int:
+def size_bucket(size: int) -> int:
+    """The half-octave size bucket the tables and the experts key blocks by."""
     return int(round(2 * math.log2(max(size, 1))))
 
 
-def _ratio_bucket(ratio: float | None) -> int:
+def ratio_bucket(ratio: float | None) -> int:
+    """The compressibility bucket of an lz4 ratio (``-1``: unknown)."""
     return -1 if ratio is None else int(min(max(ratio, 0.0), 1.2) / _RATIO_STEP)
 
 
@@ -108,7 +110,7 @@ class CodecPolicy:
         self._sizes = sorted(rules)
 
     def _rule(self, size: int) -> tuple[str, dict[tuple, str]] | None:
-        s = _size_bucket(size)
+        s = size_bucket(size)
         rule = self.rules.get(s)
         if rule is None and self._sizes:
             rule = self.rules[min(self._sizes, key=lambda b: abs(b - s))]
@@ -130,12 +132,12 @@ class CodecPolicy:
         key: tuple = ()
         probed = False
         if "recent" in feats:
-            key += (_ratio_bucket(recent),)
+            key += (ratio_bucket(recent),)
         if "probe" in feats:
             if probe is None:
                 return table.get("noprobe", self.default), False
             value = probe() if callable(probe) else probe
-            key += (_ratio_bucket(value),)
+            key += (ratio_bucket(value),)
             probed = True
         return table.get(key, table.get("noprobe", self.default)), probed
 
@@ -185,33 +187,39 @@ class CodecCostModel(OnlineModel):
         self.net_us = 0.0
         self._policy: CodecPolicy | None = None
         self._policy_at = -1
+        self._selection: tuple | None = None  # cached _selection_us
 
     # -- tables ---------------------------------------------------------------------------------
-    def _cell_keys(self, size: int, recent: float | None, probe: float | None) -> dict[str, list]:
-        s = _size_bucket(size)
-        r, p = _ratio_bucket(recent), _ratio_bucket(probe)
-        base = [("all",), ("s", s)]
-        return {"size": base, "recent": base + [("sr", s, r)],
-                "probe": base + [("sp", s, p)],
-                "recent+probe": base + [("sr", s, r), ("srp", s, r, p)]}
+    def _cells_of(self, size: int, recent: float | None, probe: float | None) -> tuple:
+        """The cells a block falls in: everything, its size, size × recent compressibility,
+        size × probe, size × both."""
+        s = size_bucket(size)
+        r, p = ratio_bucket(recent), ratio_bucket(probe)
+        return ("all",), ("s", s), ("sr", s, r), ("sp", s, p), ("srp", s, r, p)
 
-    def _rates(self, keys: list) -> np.ndarray | None:
-        """Expected cost per raw byte of each codec (nan: never measured), shrunk to parents."""
-        lam = self.cpu_bytes_per_us
-        rate = None
-        for key in keys:
-            cell = self._cells.get(key)
-            if cell is None:
-                continue
-            with np.errstate(invalid="ignore", divide="ignore"):
-                own = (cell[1] + lam * cell[2]) / cell[0]
-            if rate is None:
-                rate = own
-            else:
-                w = self._counts[key] / (self._counts[key] + self.shrinkage)
-                rate = np.where(np.isnan(own), rate, np.where(np.isnan(rate), own,
-                                                               w * own + (1 - w) * rate))
-        return rate
+    def _shrink(self, key: tuple, prior: np.ndarray | None) -> np.ndarray | None:
+        """Expected cost per raw byte of each codec in ``key``'s cell (nan: never measured),
+        its own data entering against ``prior`` (its parent's) with ``shrinkage`` weight."""
+        cell = self._cells.get(key)
+        if cell is None:
+            return prior
+        with np.errstate(invalid="ignore", divide="ignore"):
+            own = (cell[1] + self.cpu_bytes_per_us * cell[2]) / cell[0]
+        if prior is None:
+            return own
+        w = self._counts[key] / (self._counts[key] + self.shrinkage)
+        return np.where(np.isnan(own), prior,
+                        np.where(np.isnan(prior), own, w * own + (1 - w) * prior))
+
+    def _expert_rates(self, size: int, recent: float | None, probe: float | None
+                      ) -> dict[str, np.ndarray | None]:
+        """Each table expert's cost estimates, each cell shrunk once towards its parent:
+        everything → size → size × recent → size × recent × probe, and size → size × probe."""
+        whole, s, sr, sp, srp = self._cells_of(size, recent, probe)
+        by_size = self._shrink(s, self._shrink(whole, None))
+        by_recent = self._shrink(sr, by_size)
+        return {"size": by_size, "recent": by_recent, "probe": self._shrink(sp, by_size),
+                "recent+probe": self._shrink(srp, by_recent)}
 
     def _pick(self, rate: np.ndarray | None) -> int | None:
         if rate is None or np.all(np.isnan(rate)):
@@ -239,8 +247,7 @@ class CodecCostModel(OnlineModel):
         measured = block[0] > 0
         actual = np.where(measured, block[1] + lam * block[2], np.nan)
         self._score(size, node, recent, probe, actual, x.get("features"))
-        keys = self._cell_keys(size, recent, probe)
-        for key in {k for chain in keys.values() for k in chain}:
+        for key in self._cells_of(size, recent, probe):
             cell = self._cells.get(key)
             if cell is None:
                 cell = self._cells[key] = np.zeros_like(block)
@@ -256,37 +263,36 @@ class CodecCostModel(OnlineModel):
 
     def _expert_picks(self, size: int, recent: float | None, probe: float | None,
                       features: Mapping[str, float] | None) -> list[int | None]:
-        keys = self._cell_keys(size, recent, probe)
+        rates = self._expert_rates(size, recent, probe)
         picks: list[int | None] = list(range(len(self.codecs)))
-        for name in EXPERTS:
-            if "probe" in EXPERTS[name] and probe is None:
-                picks.append(None)
-            else:
-                picks.append(self._pick(self._rates(keys[name])))
+        for name, feats in EXPERTS.items():
+            picks.append(None if "probe" in feats and probe is None else self._pick(rates[name]))
         if self.net is not None:
             picks.append(self._index.get(self.net.predict(features)["algorithm"])
                          if features is not None and probe is not None else None)
         return picks
 
     def _selection_us(self) -> np.ndarray:
-        us = [0.0] * len(self.codecs)
-        us += [self.lookup_us + (self.probe_us if "probe" in feats else 0.0)
-               for feats in EXPERTS.values()]
-        if self.net is not None:
-            us.append(self.net_us)
-        return np.array(us)
+        """What each expert's choosing costs a node, in µs (cached: experts rarely change)."""
+        key = (len(self.experts), self.lookup_us, self.probe_us, self.net_us)
+        if self._selection is None or self._selection[0] != key:
+            us = [0.0] * len(self.codecs)
+            us += [self.lookup_us + (self.probe_us if "probe" in feats else 0.0)
+                   for feats in EXPERTS.values()]
+            if self.net is not None:
+                us.append(self.net_us)
+            self._selection = (key, np.array(us))
+        return self._selection[1]
 
     def _score(self, size, node, recent, probe, actual, features) -> None:
         picks = self._expert_picks(size, recent, probe, features)
         fallback = picks[len(self.codecs)]  # the size expert: what a rule without its inputs does
-        worst = np.nanmax(actual)
-
-        def cost_of(p):
-            return worst if p is None or np.isnan(actual[p]) else actual[p]
-
-        cost = np.array([cost_of(fallback if p is None else p) for p in picks])
+        chosen = np.array([np.nan if q is None else actual[q]
+                           for q in (fallback if p is None else p for p in picks)])
+        # an expert with no answer, or one the node did not measure, pays the dearest measured
+        cost = np.where(np.isnan(chosen), np.nanmax(actual), chosen)
         cost += self.cpu_bytes_per_us * self._selection_us()
-        keep, s, scores = self._keep, _size_bucket(size), self._scores
+        keep, s, scores = self._keep, size_bucket(size), self._scores
         for key in ((), (s,), (node,), (node, s)) if node is not None else ((), (s,)):
             entry = scores.get(key)
             if entry is None:
@@ -318,7 +324,7 @@ class CodecCostModel(OnlineModel):
         if total is None or total[1] == 0:
             return None
         overall = total[0] / total[1]
-        s = _size_bucket(size)
+        s = size_bucket(size)
         score = self._shrunk((s,), overall)
         if node is not None and (node,) in self._scores:
             mine = self._shrunk((node,), overall)
@@ -402,8 +408,7 @@ class CodecCostModel(OnlineModel):
         if name == "net":
             codec = self.net.predict(features)["algorithm"]
             return CodecChoice(codec, name, True, self.net_us)
-        keys = self._cell_keys(size, recent, value)[name]
-        pick = self._pick(self._rates(keys))
+        pick = self._pick(self._expert_rates(size, recent, value)[name])
         us = self.lookup_us + (self.probe_us if probed else 0.0)
         if pick is None:
             return CodecChoice(heuristic_codec(size), "fallback", probed, us, "fallback")
@@ -417,6 +422,7 @@ class CodecCostModel(OnlineModel):
                                      or "probe" in EXPERTS.get(self.experts[lead], ()))
 
     def _eligible(self, has_probe: bool, has_features: bool) -> np.ndarray:
+        """Which experts can answer with (or without) the probe and the net's features."""
         ok = [True] * len(self.codecs) + [has_probe or "probe" not in f for f in EXPERTS.values()]
         if self.net is not None:
             ok.append(has_probe and has_features)
@@ -442,7 +448,7 @@ class CodecCostModel(OnlineModel):
             table: dict[Any, str] = {}
             feats = EXPERTS[name]
             if not feats:
-                pick = self._pick(self._rates(self._cell_keys(size, None, None)["size"]))
+                pick = self._pick(self._expert_rates(size, None, None)["size"])
                 table[()] = self.codecs[pick] if pick is not None else heuristic_codec(size)
             else:
                 grid = [(r, p) for r in ([*ratios, -1] if "recent" in feats else [None])
@@ -450,7 +456,7 @@ class CodecCostModel(OnlineModel):
                 for r, p in grid:
                     rv = None if r in (None, -1) else (r + 0.5) * _RATIO_STEP
                     pv = None if p is None else (p + 0.5) * _RATIO_STEP
-                    pick = self._pick(self._rates(self._cell_keys(size, rv, pv)[name]))
+                    pick = self._pick(self._expert_rates(size, rv, pv)[name])
                     key = tuple(v for v in (r, p) if v is not None)
                     table[key] = self.codecs[pick] if pick is not None else heuristic_codec(size)
                 no_probe = self._leader(size, self._eligible(False, False))
@@ -484,7 +490,7 @@ class CodecCostModel(OnlineModel):
     def __getstate__(self):
         state = super().__getstate__()
         state["net"] = None  # batch models are files in the registry, attached on load
-        state["_policy"] = None
+        state["_policy"] = state["_selection"] = None
         state["_policy_at"] = -1
         if self.net is not None:  # persist the pool without the net's column
             state["experts"] = self.experts[:-1]

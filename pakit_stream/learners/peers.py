@@ -14,7 +14,8 @@ log latency from node ``n`` to peer ``p`` at time ``t`` from:
 * the pair's **long-run mean** (over its last ``window`` fetches), which starts from a
   **pooled prior** ``g + a_n + b_p``: a peer slow for every node is slow for a node that
   never tried it;
-* a **context** correction, linear in the whitelisted features (:data:`CONTEXT_KEYS`);
+* a **context** correction, linear in the whitelisted features
+  (:data:`~pakit_stream.events.schema.PEER_CONTEXT_KEYS`);
 * **failures** as outcomes: a failed fetch is learned as what it cost (the time waited, at
   least ``failure_ms``), so a pair that fails looks slow for as long as failures persist
   (lost packets don't, outages do: the same learned ``w`` tells them apart).
@@ -44,13 +45,10 @@ from typing import Any
 from river import bandit, stats
 
 from pakit_stream.base_model import ModelConfig, OnlineModel
-from pakit_stream.events.schema import PEER_CONTEXT_KEYS, check_peer_context
+from pakit_stream.events.schema import check_peer_context
 
-__all__ = ["PeerSelector", "PeerChoice", "StalenessAwareSampling", "LagCorrelation",
-           "CONTEXT_KEYS"]
+__all__ = ["PeerSelector", "PeerChoice", "StalenessAwareSampling", "LagCorrelation"]
 
-#: the only context features a fetch may carry; anything else is refused with a reason
-CONTEXT_KEYS = PEER_CONTEXT_KEYS
 _LAGS = 128  # half-octave age buckets from 2 ** -20 to 2 ** 44 time units: any clock works
 _LAG0 = 40
 _TWO_PI = 2 * math.pi
@@ -147,7 +145,8 @@ class StalenessAwareSampling(bandit.base.ContextualPolicy):
     """River contextual bandit policy over peers, for many nodes at once.
 
     ``context`` must carry ``node_id`` and ``ts`` (the fetch's time, in any unit: only learned
-    lags use it) and may carry the features of :data:`CONTEXT_KEYS`. :meth:`update` takes
+    lags use it) and may carry the features of
+    :data:`~pakit_stream.events.schema.PEER_CONTEXT_KEYS`. :meth:`update` takes
     ``(peer, context, latency_ms, success)``; pass a failed fetch's cost as its latency.
 
     A jump is a fetch whose log latency moved more than 2, 4 or 8 noise standard deviations
@@ -179,7 +178,6 @@ class StalenessAwareSampling(bandit.base.ContextualPolicy):
         self._pairs: OrderedDict[tuple[str, str], _Pair] = OrderedDict()
         self._nodes: OrderedDict[str, _Side] = OrderedDict()
         self._peers: OrderedDict[str, _Side] = OrderedDict()
-        # [node's surprise since][peer's surprise since][age bucket]
         # (node's jump size since, peer's jump size since, age bucket) -> its statistic,
         # created when first updated (a checkpoint holds only the lags seen)
         self._lags: dict[tuple[int, int, int], LagCorrelation] = {}
@@ -219,14 +217,23 @@ class StalenessAwareSampling(bandit.base.ContextualPolicy):
         a, b = self._nodes.get(node), self._peers.get(peer)
         return self._mean + (a.effect if a else 0.0) + (b.effect if b else 0.0)
 
-    def _kernel_key(self, node: str, peer: str, pair: _Pair, ts: float) -> tuple[int, int, int]:
-        a, b = self._nodes.get(node), self._peers.get(peer)
+    @staticmethod
+    def _kernel_key(node: _Side | None, peer: _Side | None, pair: _Pair, ts: float
+                    ) -> tuple[int, int, int]:
         since = pair.last_ts
-        return (a.surprise(since) if a else 0, b.surprise(since) if b else 0,
+        return (node.surprise(since) if node else 0, peer.surprise(since) if peer else 0,
                 _lag_bucket(ts - since))
 
     def _kernel(self, node: str, peer: str, pair: _Pair, ts: float) -> LagCorrelation:
-        return self._lags.get(self._kernel_key(node, peer, pair, ts), self._unseen_lag)
+        key = self._kernel_key(self._nodes.get(node), self._peers.get(peer), pair, ts)
+        return self._lags.get(key, self._unseen_lag)
+
+    def staleness(self, min_weight: float = 50.0) -> dict[tuple[int, int, float], float]:
+        """What the learner has found about stale readings: the weight of a pair's last
+        reading, by (its node's jump size since, its peer's, its age in time units, the
+        bucket's lower end), for the lags seen on at least ``min_weight`` (decayed) fetches."""
+        return {(a, b, 2.0 ** ((lag - _LAG0) / 2)): round(stat.get(), 3)
+                for (a, b, lag), stat in sorted(self._lags.items()) if stat.n >= min_weight}
 
     def estimate(self, node: str, peer: str, ts: float) -> tuple[float, float, bool]:
         """``(mean, variance, tried)``: the log latency (context-adjusted) of fetching from
@@ -288,7 +295,7 @@ class StalenessAwareSampling(bandit.base.ContextualPolicy):
                 self._fresh.update(0.0, y - prior)
             pair.mean = prior
         else:
-            key = self._kernel_key(node, peer, pair, ts)
+            key = self._kernel_key(side_n, side_p, pair, ts)
             lag = self._lags.get(key)
             if lag is None:
                 lag = self._lags[key] = LagCorrelation(self.halflife)
@@ -404,7 +411,7 @@ class PeerSelector(OnlineModel):
                     context: Mapping[str, float] | None, node_id: str | None = None,
                     ts: float | None = None) -> None:
         """Learn one fetch's outcome. Raises ``ValueError`` for a context key outside
-        :data:`CONTEXT_KEYS`."""
+        :data:`~pakit_stream.events.schema.PEER_CONTEXT_KEYS`."""
         x = self._context(context, block_size, node_id, ts)
         if ts is not None and ts >= self._clock[0]:
             self._clock = (float(ts), time.monotonic())
