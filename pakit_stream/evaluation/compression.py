@@ -388,8 +388,9 @@ def finish(ev: Evaluation) -> None:
         info["strongest_rival"] = {"method": best, "ours_minus_rival_ci95": ci}
         verdict = "beats it" if mine < ev.results[best][key] else "does not beat it"
         if ci is not None:
-            verdict += (", significant" if ci[1] < 0 else ", not significant"
-                        ) + f" (ours − it per seed: [{ci[0]:+.4f}, {ci[1]:+.4f}])"
+            verdict += (", significantly" if ci[1] < 0 else ", significantly worse" if ci[0] > 0
+                        else ", within noise")
+            verdict += f" (ours − it per seed: [{ci[0]:+.4f}, {ci[1]:+.4f}])"
         lines.append(
             f"`{c}` ({info['blocks']} blocks): pakit-stream {mine:.4f}; strongest fair rival "
             f"`{best}` {ev.results[best][key]:.4f}: {verdict}. Best fixed codec {theirs:.4f} "
