@@ -4,7 +4,8 @@
 
 Synthetic but shaped like the telemetry: fetches over 200 peers from 50 nodes (log-normal
 latencies, 1% failures, whitelisted context); fingerprints with 5% near-duplicates; stored
-blocks with every codec measured. Prints mean µs per call and writes
+blocks with every codec measured; reads from 32 nodes, each walking its files forward with
+occasional jumps (positions carried). Prints mean µs per call and writes
 ``benchmarks/results/learners.json``. Figures, not assertions: see the tests for behaviour.
 """
 
@@ -23,6 +24,7 @@ import numpy as np
 from pakit_stream.learners.codec import CodecCostModel
 from pakit_stream.learners.dedup import DeduplicationOptimizer
 from pakit_stream.learners.peers import PeerSelector
+from pakit_stream.learners.prefetch import Prefetcher
 
 HERE = Path(__file__).resolve().parent
 
@@ -89,6 +91,24 @@ def codec(n: int, rng: random.Random) -> dict[str, float]:
             "codec_compiled_rule_us": lookup}
 
 
+def prefetch(n: int, rng: random.Random) -> dict[str, float]:
+    learner = Prefetcher()
+    nodes = [f"node-{i}" for i in range(32)]
+    where = {node: [f"{rng.getrandbits(256):064x}", 0] for node in nodes}
+    reads = []
+    for _ in range(n):
+        node = rng.choice(nodes)
+        pos = where[node]
+        if rng.random() < 0.05:  # another file, or a jump within this one
+            pos[:] = [f"{rng.getrandbits(256):064x}", 0] if rng.random() < 0.5 else \
+                [pos[0], pos[1] + rng.randrange(2, 500)]
+        pos[1] += 1
+        reads.append((node, f"{rng.getrandbits(256):064x}", pos[0], pos[1]))
+    learn = per_call_us(lambda r: learner.observe(*r), reads)
+    propose = per_call_us(lambda node: learner.propose(node, 5), nodes * (n // 320))
+    return {"prefetch_observe_us": learn, "prefetch_propose_5_us": propose}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=100_000)
@@ -96,7 +116,8 @@ def main() -> None:
     args = ap.parse_args()
     figures = {**peers(args.events, random.Random(0)),
                **dedup(args.events, np.random.default_rng(0)),
-               **codec(args.events // 5, random.Random(1))}
+               **codec(args.events // 5, random.Random(1)),
+               **prefetch(args.events, random.Random(2))}
     for name, value in figures.items():
         print(f"{name:34} {value:9.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -90,9 +90,10 @@ def replay_source(args):
         if not args.format:
             raise SystemExit("replay --kind trace needs --format "
                              f"({'|'.join(replay.TRACE_FORMATS)})")
-        ids = replay.read_trace(args.source, args.format, column=args.column, limit=args.limit)
+        ids, spans = replay.read_requests(args.source, args.format, column=args.column,
+                                          limit=args.limit)
         events = replay.access_events(ids, args.node_id, args.cache_blocks,
-                                      namespace=args.source.name)
+                                      namespace=args.source.name, spans=spans)
     else:
         if not args.unit:
             raise SystemExit(f"replay --kind {args.kind} needs --unit s|ms")

@@ -226,7 +226,7 @@ def _report(sim: NodeSimulator, daemon: DaemonProcess, health: dict) -> None:
     print(_line("dedup LSH: recall of J>=0.8 pairs", f"{recall:.1%} of {truth}",
                 "exact hash match 0% (near-duplicates differ)"))
     q = health["quality"]
-    print(_line("successor table: next block in top 5", f"{q['successor_hit5']:.1%}",
+    print(_line("prefetch: next block in top 5", f"{q['prefetch_hit5']:.1%}",
                 "no prefetch 0%"))
     print(f"\n  events learned from: {health['applied']}")
     print(f"  model store: {daemon.data_dir}  (checkpoint: checkpoints/daemon.ckpt)")

@@ -65,11 +65,12 @@ class Metrics:
                                  namespace=ns, registry=r)
         self.lsh_query = Histogram("lsh_query_seconds", "Time of one LSH similarity query.",
                                    namespace=ns, registry=r, buckets=_FAST)
-        self.prefetch_hit = Gauge("successor_hit_ratio_at_5", "Share of accesses among the "
-                                  "successor table's top-5 predictions, made before each access.",
+        self.prefetch_hit = Gauge("prefetch_hit_ratio_at_5", "Share of reads among the prefetch "
+                                  "learner's top-5 proposals, made before each read.",
                                   namespace=ns, registry=r)
         self.prefetch_holdout = Gauge("prefetch_holdout_hit_ratio_at_5", "Hit ratio at 5 of the "
-                                      "serving prefetch model on its gate's held-out accesses.",
+                                      "prefetch learner with the serving step net on its gate's "
+                                      "held-out reads.",
                                       namespace=ns, registry=r)
         self.cache_hit = Gauge("node_cache_hit_ratio", "Cache hit ratio reported by nodes.",
                                namespace=ns, registry=r)

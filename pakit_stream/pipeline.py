@@ -31,8 +31,8 @@ from river import drift
 from pakit_stream.events.decode import EventDecoder, Rejected
 from pakit_stream.events.schema import TOPICS, BlockStored, Event
 from pakit_stream.features import FeatureExtractor
-from pakit_stream.learners import (DeduplicationOptimizer, NetworkOptimizer, PeerSelector,
-                                   SuccessorTable)
+from pakit_stream.learners import DeduplicationOptimizer, NetworkOptimizer, PeerSelector
+from pakit_stream.learners.prefetch import Prefetcher
 from pakit_stream.learners.codec import CodecCostModel, forward_us
 from pakit_stream.metrics import Metrics
 from pakit_stream.privacy import private_mean
@@ -73,7 +73,7 @@ class _Mean:
 # value bounds of each quality figure, which set the sensitivity of its private release
 _QUALITY_BOUNDS = {"bandit_replay": (0.0, 1.0), "bandit_logged": (0.0, 1.0),
                    "gossip_reward": (-11.0, 1.0), "gossip_agreement": (0.0, 1.0),
-                   "successor_hit5": (0.0, 1.0), "cache_hit": (0.0, 1.0), "codec_online": (0.0, 1.0)}
+                   "prefetch_hit5": (0.0, 1.0), "cache_hit": (0.0, 1.0), "codec_online": (0.0, 1.0)}
 
 
 class Pipeline:
@@ -95,7 +95,11 @@ class Pipeline:
                                         epsilon=s.gossip_epsilon)
         self.dedup = DeduplicationOptimizer(threshold=s.lsh_threshold, capacity=s.lsh_capacity,
                                             max_candidates=s.lsh_max_candidates)
-        self.successors = SuccessorTable(capacity=s.successor_capacity)
+        #: what to prefetch: strides, successors and the served step net, ranked by how often
+        #: each kind of proposal came true (one object for hints, gates and evaluate)
+        self.prefetcher = Prefetcher(successor_capacity=s.successor_capacity,
+                                     min_confidence=s.prefetch_min_confidence,
+                                     horizon=s.prefetch_horizon)
         #: chooses codecs: online cost tables and experts (a served net joins as one)
         self.codec = CodecCostModel(cpu_bytes_per_us=s.codec_cpu_bytes_per_us,
                                     probe_us=s.codec_probe_us, lookup_us=s.codec_lookup_us,
@@ -108,9 +112,10 @@ class Pipeline:
         self.codec_new = 0  # labelled blocks since the last retrain
         self.codec_drift = False
         self._codec_adwin = drift.ADWIN()
-        #: recent (node, block) reads, for the batch prefetch model
-        self.access_window: deque[tuple[str, str]] = deque(maxlen=settings.prefetch_window)
-        self.prefetch_model = None  # the serving GRU (numpy), swapped in by the retrainer
+        #: recent reads ``(node, block, object, chunk index, chunk count)``, for the batch
+        #: prefetch model (object and index are ``None`` when the node sent no position)
+        self.access_window: deque[tuple[str, str, str | None, int | None, int]] = deque(
+            maxlen=settings.prefetch_window)
         self.prefetch_new = 0
         self.offsets: dict[str, int] = {}
         #: CRC-32 of the last applied message of each partition: on resume, the record before
@@ -121,11 +126,11 @@ class Pipeline:
         self.quality = {name: _Mean() for name in _QUALITY_BOUNDS}
         self._gauges = {"bandit_replay": m.bandit_reward, "bandit_logged": m.bandit_logged_reward,
                         "gossip_reward": m.gossip_reward, "gossip_agreement": m.gossip_agreement,
-                        "successor_hit5": m.prefetch_hit, "cache_hit": m.cache_hit,
+                        "prefetch_hit5": m.prefetch_hit, "cache_hit": m.cache_hit,
                         "codec_online": m.codec_efficiency}
         self._dp_rng = random.SystemRandom()
         self._released: dict[str, tuple[float, float]] = {}  # figure -> (when, private value)
-        self._peer_seen = self._gossip_seen = self._block_seen = 0
+        self._peer_seen = self._gossip_seen = self._block_seen = self._access_seen = 0
         self._handlers = {
             "pakit.blocks": self._on_blocks,
             "pakit.access": self._on_access,
@@ -138,9 +143,19 @@ class Pipeline:
         self._m_messages = {t: m.messages.labels(topic=t) for t in TOPICS}
         self._m_seconds = {t: m.processing.labels(topic=t) for t in TOPICS}
         self._m_updates = {t: m.updates.labels(learner=n) for t, n in (
-            ("pakit.blocks", "codec_window"), ("pakit.access", "successor_table"),
+            ("pakit.blocks", "codec_window"), ("pakit.access", "prefetcher"),
             ("pakit.fingerprints", "dedup_lsh"), ("pakit.peers", "peer_bandit"),
             ("pakit.gossip", "gossip_q"))}
+
+    @property
+    def prefetch_model(self):
+        """The serving step net (numpy), swapped in by the retrainer; ``None`` before the
+        first. Assigning it makes it a source of :attr:`prefetcher`."""
+        return self.prefetcher.net
+
+    @prefetch_model.setter
+    def prefetch_model(self, model) -> None:
+        self.prefetcher.net = model
 
     @property
     def codec_model(self):
@@ -247,19 +262,24 @@ class Pipeline:
         return errors
 
     def _on_access(self, events) -> list[Rejected]:
-        errors, observe, window = [], self.successors.observe, self.access_window
-        hit5, hits = self.quality["successor_hit5"], self.quality["cache_hit"]
+        errors, prefetcher, window = [], self.prefetcher, self.access_window
+        hit5, hits = self.quality["prefetch_hit5"], self.quality["cache_hit"]
+        every = self.settings.eval_every
         for i, e in enumerate(events):
             try:
-                hit = observe(e.node_id, e.block_hash, 5)
-                if hit is not None:
-                    hit5.add(hit)
+                self._access_seen += 1
+                if self._access_seen % every == 0:  # test, then train
+                    hit5.add(prefetcher.hit(e.node_id, e.block_hash, e.object_id,
+                                            e.chunk_index, 5))
+                prefetcher.observe(e.node_id, e.block_hash, e.object_id, e.chunk_index,
+                                   e.chunk_count)
                 hits.add(e.cache_hit)
-                window.append((e.node_id, e.block_hash))
+                window.append((e.node_id, e.block_hash, e.object_id, e.chunk_index,
+                               e.chunk_count))
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
         self.prefetch_new += len(events) - len(errors)
-        self._publish("successor_hit5")
+        self._publish("prefetch_hit5")
         self._publish("cache_hit")
         return errors
 
@@ -349,7 +369,7 @@ class Pipeline:
             "quality": {k: (v.total, v.n) for k, v in self.quality.items()},
             "seen": (self._peer_seen, self._gossip_seen),
             "learners": {"peers": self.peers, "network": self.network, "dedup": self.dedup,
-                         "successors": self.successors, "codec": self.codec},
+                         "prefetcher": self.prefetcher, "codec": self.codec},
             "codec_window": list(self.codec_window),
             "access_window": list(self.access_window),
         }
@@ -365,7 +385,12 @@ class Pipeline:
         self._peer_seen, self._gossip_seen = snap["seen"]
         learners = snap["learners"]
         self.peers, self.network = learners["peers"], learners["network"]
-        self.dedup, self.successors = learners["dedup"], learners["successors"]
+        self.dedup = learners["dedup"]
+        if "prefetcher" in learners:
+            net, self.prefetcher = self.prefetcher.net, learners["prefetcher"]
+            self.prefetcher.net = net  # the serving net is the registry's, not the checkpoint's
+        else:  # older checkpoints kept the successor table alone
+            self.prefetcher.successors = learners["successors"]
         if "codec" in learners:  # older checkpoints have no codec tables
             self.codec = learners["codec"]
             self.codec_model = self._codec_model  # the serving net rejoins the experts
@@ -384,8 +409,9 @@ class Pipeline:
                 "network": {"states": self.network.n_states, "updates": self.network.n_updates},
                 "dedup": {"entries": len(self.dedup), "updates": self.dedup.n_updates,
                           "evictions": self.dedup.evictions},
-                "successors": {"blocks": len(self.successors),
-                               "updates": self.successors.n_updates},
+                "prefetcher": {"blocks": len(self.prefetcher),
+                               "updates": self.prefetcher.n_updates,
+                               "proposals": self.prefetcher.calibration()},
                 "codec": {"updates": self.codec.n_updates, "cells": len(self.codec._cells)},
                 "codec_window": len(self.codec_window),
                 "codec_model": getattr(self.codec_model, "version", None),

@@ -5,8 +5,7 @@ A leader-only timer asks :meth:`Retrainer.due` whether to retrain each batch mod
 model, reads for the prefetch model), or, for the codec model, when River's ADWIN detects drift
 in the codec chooser's online excess cost. The training itself runs in a subprocess
 (:mod:`pakit_stream.retrain_worker`) that gets the recent window: the older part to train on,
-the newest ``holdout_fraction`` as the gate's held-out data (for reads: the newest part of each
-node's sequence). A run that fails or exceeds
+the newest ``holdout_fraction`` as the gate's held-out data. A run that fails or exceeds
 ``retrain_timeout_s`` is killed and counted; the serving model stays. An accepted version is
 loaded (numpy, no torch) and swapped in with one assignment, so a hint sees the old model or the
 new one, never a mix.
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.learners.prefetch import judge_net
 from pakit_stream.pipeline import Pipeline
 from pakit_stream.registry import ModelRegistry
 from pakit_stream.serving.codec import (ServedCodecModel, forward_us, judge_codec_net,
@@ -32,7 +32,6 @@ from pakit_stream.serving.codec import (ServedCodecModel, forward_us, judge_code
 from pakit_stream.privacy import k_anonymous
 from pakit_stream.serving.prefetch import ServedPrefetchModel
 from pakit_stream.settings import Settings
-from pakit_stream.training.evaluator import hit_ratio_at
 
 __all__ = ["Retrainer", "CODEC_MODEL", "PREFETCH_MODEL", "MODELS"]
 
@@ -103,22 +102,21 @@ class Retrainer:
 
     def split(self, name: str) -> tuple[list, list, int]:
         """``(train, holdout, window size)``: the newest ``retrain_holdout_fraction`` of the
-        window is held out (for reads: the newest part of each node's sequence)."""
+        window is held out."""
         p, keep = self.pipeline, 1 - self.settings.retrain_holdout_fraction
         if name == CODEC_MODEL:
             window = list(p.codec_window)
             cut = int(len(window) * keep)
             return window[:cut], window[cut:], len(window)
-        reads = list(p.access_window)
+        # reads: (node, block, object, index, count); checkpoints of older versions kept
+        # (node, block) alone
+        reads = [r if len(r) == 5 else (*r, None, None, 1) for r in p.access_window]
         if self.settings.k_anonymity > 1:  # blocks fewer than k nodes read never train
             reads, report = k_anonymous(reads, individual=lambda r: r[0], quasi=lambda r: r[1],
                                         k=self.settings.k_anonymity)
             self.suppressed = report.suppressed
-        sequences: dict[str, list[str]] = {}
-        for node, block in reads:
-            sequences.setdefault(node, []).append(block)
-        cuts = [(seq, int(len(seq) * keep)) for seq in sequences.values()]
-        return [s[:c] for s, c in cuts], [s[c:] for s, c in cuts], len(p.access_window)
+        cut = int(len(reads) * keep)
+        return reads[:cut], reads[cut:], len(p.access_window)
 
     async def _retrain(self, reason: str, name: str) -> dict[str, Any]:
         p, s = self.pipeline, self.settings
@@ -131,6 +129,7 @@ class Retrainer:
                "holdout": holdout, "threads": s.retrain_threads, "epochs": 30,
                "codec": self.codec_prices(),
                "min_gain": s.retrain_min_gain, "max_vocab": s.prefetch_max_vocab,
+               "prefetch": self.prefetch_params(),
                "window": {"samples": size, "reason": reason, "ended": time.time()}}
         self.last_run[name] = time.time()
         started = time.perf_counter()
@@ -180,12 +179,19 @@ class Retrainer:
                 "entropy_us": s.codec_entropy_us, "lookup_us": s.codec_lookup_us,
                 "halflife": s.codec_halflife}
 
+    def prefetch_params(self) -> dict[str, Any]:
+        """How the daemon's prefetch learner is built: the gates build theirs the same way."""
+        s = self.settings
+        return {"min_confidence": s.prefetch_min_confidence, "horizon": s.prefetch_horizon,
+                "successor_capacity": s.successor_capacity}
+
     def served_score(self, name: str, model, holdout, train=()) -> float:
         """The gate's score of a served model: for the codec net, how much cheaper it is
         than the cost tables and the best fixed codec (:func:`judge_codec_net`); for the
-        prefetch model, its hit ratio at 5."""
+        prefetch step net, the hit ratio at 5 of the prefetch learner that serves it
+        (:func:`~pakit_stream.learners.prefetch.judge_net`)."""
         if name == PREFETCH_MODEL:
-            return hit_ratio_at(model.predict, holdout)
+            return judge_net(model, list(train), holdout, **self.prefetch_params())
         prices = self.codec_prices()
         net_us = forward_us(model, holdout[0][0]["features"])
         return judge_codec_net(model, train, holdout, net_us=net_us, **prices)["gain"]
@@ -210,7 +216,8 @@ class Retrainer:
                                     lambda model: self.served_score(name, model, holdout, train),
                                     min_gain=self.settings.retrain_min_gain
                                     if min_gain is None else min_gain,
-                                    floor=0.0 if name == CODEC_MODEL else None)
+                                    floor=0.0 if name == CODEC_MODEL else
+                                    judge_net(None, train, holdout, **self.prefetch_params()))
         return self._judged(name, result, started)
 
     def rollback(self, name: str = CODEC_MODEL) -> str:

@@ -19,7 +19,6 @@ def run(job: dict) -> dict:
 
     from pakit_stream.registry import ModelRegistry
     from pakit_stream.training import ModelTrainer, TrainingConfig, TrainingDataset
-    from pakit_stream.training.evaluator import hit_ratio_at
 
     torch.set_num_threads(job["threads"])
     started = time.perf_counter()
@@ -64,16 +63,25 @@ def run(job: dict) -> dict:
         from functools import partial
 
         from pakit_stream.batch.prefetch import PrefetchEngine
+        from pakit_stream.learners.prefetch import delta_sequences, judge_net
+        from pakit_stream.serving.prefetch import ServedPrefetchModel
 
+        train = [tuple(r) for r in job["train"]]
+        holdout = [tuple(r) for r in job["holdout"]]
         factory = partial(PrefetchEngine, max_vocab_size=job["max_vocab"])
         model = factory()
-        metrics = model.train(job["train"], config)
+        metrics = model.train(delta_sequences((r[0], r[2], r[3]) for r in train), config)
         samples = int(metrics["samples"])
 
         def score(candidate) -> float:
-            return hit_ratio_at(lambda recent, k: candidate.predict(
-                {"recent_accesses": recent, "k": k}), job["holdout"])
-        floor = None
+            # judged as served: the numpy net inside the prefetch learner the daemon runs
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                candidate.save(Path(tmp) / "m.safetensors")
+                served = ServedPrefetchModel(Path(tmp) / "m.safetensors")
+            return judge_net(served, train, holdout, **job["prefetch"])
+        floor = judge_net(None, train, holdout, **job["prefetch"])  # beat the learner without it
     else:
         raise SystemExit(f"unknown model {job['name']!r}")
     version = store.register(job["name"], model, metrics, window=job["window"])

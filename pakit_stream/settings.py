@@ -146,7 +146,13 @@ class Settings:
     retrain_timeout_s: float = _setting(600.0, "A retrain running longer is killed.")
     retrain_threads: int = _setting(1, "torch threads of a retrain (leave a core to the agents).")
     prefetch_window: int = _setting(200_000, "Recent reads kept to train the prefetch model.")
-    prefetch_max_vocab: int = _setting(10_000, "Blocks the prefetch model can name.")
+    prefetch_max_vocab: int = _setting(
+        512, "Steps (chunk-index deltas) the prefetch net can name; rarer steps are one class.")
+    prefetch_min_confidence: float = _setting(
+        0.1, "A prefetch proposal is served only if at least this share of proposals like it "
+             "(same source, rank and strength of evidence) were read within the horizon.")
+    prefetch_horizon: int = _setting(
+        16, "Reads within which a proposed block must be read to count as a useful proposal.")
     admin_token: str | None = _secret(
         "Bearer token of the admin endpoints (rollback, retrain); unset: they are off.")
     # Kafka security, passed to every client: the daemon's Faust consumers and producer, the
@@ -203,7 +209,7 @@ class Settings:
         positive = ("topic_partitions", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
                     "max_event_bytes", "dlq_max_bytes", "codec_cpu_bytes_per_us", "codec_halflife", "retrain_check_s", "retrain_interval_s",
                     "retrain_min_new", "retrain_min_samples", "retrain_timeout_s", "retrain_threads",
-                    "prefetch_window", "prefetch_max_vocab", "bandit_latency_scale_ms", "bandit_max_peers",
+                    "prefetch_window", "prefetch_max_vocab", "prefetch_horizon", "bandit_latency_scale_ms", "bandit_max_peers",
                     "bandit_max_pairs", "bandit_halflife", "bandit_failure_ms",
                     "eval_every", "lsh_capacity", "successor_capacity",
                     "stream_buffer_messages", "resume_probe_timeout_s")
@@ -215,6 +221,8 @@ class Settings:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 < self.retrain_holdout_fraction < 1:
             raise ConfigError("retrain_holdout_fraction must be in (0, 1)")
+        if not 0 <= self.prefetch_min_confidence <= 1:
+            raise ConfigError("prefetch_min_confidence must be in [0, 1]")
         if not 0 < self.lsh_threshold < 1:
             raise ConfigError("lsh_threshold must be in (0, 1)")
         if not 1 <= self.lsh_max_candidates <= 1_000_000:

@@ -194,6 +194,9 @@ class NodeSimulator:
         for b in blocks:
             by_file.setdefault(b.file_index, []).append(b)
         self.files = list(by_file.values())
+        #: each file's root digest (a stand-in for its DAG root): the reads' ``object_id``
+        self.roots = {id(f): hashlib.sha256("".join(b.block_hash for b in f).encode()).hexdigest()
+                      for f in self.files}
         ranks = np.arange(1, len(self.files) + 1)
         self.file_p = (1 / ranks) / (1 / ranks).sum()
         self.rng.shuffle(self.files)
@@ -209,7 +212,9 @@ class NodeSimulator:
         for _ in range(n_files):
             node = self.nodes[int(self.rng.integers(len(self.nodes)))]
             cache = self.caches[node]
-            for b in self.files[int(self.rng.choice(len(self.files), p=self.file_p))]:
+            blocks = self.files[int(self.rng.choice(len(self.files), p=self.file_p))]
+            root = self.roots[id(blocks)]
+            for index, b in enumerate(blocks):
                 hit = b.block_hash in cache
                 if hit:
                     cache.move_to_end(b.block_hash)
@@ -219,7 +224,8 @@ class NodeSimulator:
                         cache.popitem(last=False)
                 yield {"event_type": "block_accessed", "node_id": node, "ts": time.time(),
                        "block_hash": b.block_hash, "cache_hit": hit,
-                       "latency_ms": round(0.05 if hit else float(self.rng.gamma(2, 2)), 3)}
+                       "latency_ms": round(0.05 if hit else float(self.rng.gamma(2, 2)), 3),
+                       "object_id": root, "chunk_index": index}
 
     def peer_events(self, n: int) -> Iterator[dict]:
         w = self.world

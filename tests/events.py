@@ -25,9 +25,13 @@ def stored(i: int, node: str = "node-a") -> dict:
                  "decompress_us": 5.0}]}
 
 
-def accessed(i: int, node: str = "node-a") -> dict:
-    return {"event_type": "block_accessed", "node_id": node, "ts": 2000.0 + i,
-            "block_hash": block_hash(i % 7), "cache_hit": i % 3 == 0, "latency_ms": 1.5}
+def accessed(i: int, node: str = "node-a", position: bool = False) -> dict:
+    """A read of block ``i % 7``; with ``position``, as chunk ``i % 7`` of one object."""
+    e = {"event_type": "block_accessed", "node_id": node, "ts": 2000.0 + i,
+         "block_hash": block_hash(i % 7), "cache_hit": i % 3 == 0, "latency_ms": 1.5}
+    if position:
+        e.update(object_id="0f" * 32, chunk_index=i % 7)
+    return e
 
 
 def fingerprint(i: int, node: str = "node-a", base: int | None = None, edits: int = 0) -> dict:

@@ -65,6 +65,6 @@ def test_demo_runs_end_to_end_on_given_files(tmp_path):
                          capture_output=True, text=True, timeout=240, env=_env())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for line in ("peer bandit: mean fetch latency", "gossip Q-learner", "dedup LSH",
-                 "successor table", "events learned from"):
+                 "prefetch: next block in top 5", "events learned from"):
         assert line in out.stdout
     assert (tmp_path / "store" / "checkpoints" / "daemon.ckpt").exists()

@@ -205,7 +205,7 @@ def test_kill_9_mid_stream_then_restart_loses_and_repeats_nothing(tmp_path, prod
     assert health["applied"]["pakit.access"] == total
     assert health["applied"]["pakit.fingerprints"] == total
     assert health["learners"]["dedup"]["entries"] == total
-    assert health["learners"]["successors"]["updates"] > 0
+    assert health["learners"]["prefetcher"]["updates"] > 0
     # it resumed from the checkpoint: it did not re-read every message from the start
     assert metric(second, "pakit_stream_messages_total", topic="pakit.fingerprints") < n_batches
 

@@ -136,10 +136,15 @@ def test_prefetch_trains_on_the_earlier_span_and_tests_on_the_later(monkeypatch)
     rng = np.random.default_rng(0)
     ids = np.concatenate([np.arange(40)[rng.permutation(40)] for _ in range(30)])  # 1200 reads
     out = prefetch_eval.evaluate_trace(ids, epochs=1, max_test=300)
-    assert trained == [[[str(i) for i in ids[:840]]]]  # one call, one sequence: the first 70%
+    # one call, one stream: the steps of the first 70%, less its newest tenth (the gate's)
+    steps = [str(int(b) - int(a)) for a, b in zip(ids[:755], ids[1:756]) if a != b]
+    assert trained == [[steps]]
     assert out["train_accesses"] == 840 and out["test_accesses"] == 300
+    gate = out["net_gate"]  # served only if the learner with it beat the learner without
+    assert gate["net_served"] == (gate["with_net"] > gate["without_net"])
     res = out["results"]
-    assert set(res) == {"lru-no-prefetch", "next-n-sequential", "markov-successor", "pakit-stream"}
+    assert set(res) == {"lru-no-prefetch", "next-n-sequential", "markov-successor", "stride",
+                        "pakit-stream"}
     assert "hit_at_5" not in res["lru-no-prefetch"] and 0 <= res["pakit-stream"]["hit_at_5"] <= 1
 
 

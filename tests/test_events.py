@@ -50,6 +50,8 @@ def test_missing_event_type_is_refused():
     ("latency_ms", "fast", "invalid"),
     ("cache_hit", None, "invalid"),
     ("colour", "blue", "invalid"),
+    ("object_id", "my-file.txt", "privacy"),
+    ("chunk_index", -1, "invalid"),
 ])
 def test_bad_fields_are_refused_with_a_reason(field, value, kind):
     e = ev.accessed(1)
@@ -106,3 +108,14 @@ def test_minhash_is_deterministic_and_tracks_similarity():
     assert estimated_jaccard(block_minhash(base), block_minhash(edited)) > 0.7
     assert estimated_jaccard(block_minhash(base), block_minhash(other)) < 0.3
     assert block_minhash(b"") and len(block_minhash(b"abc")) == 128
+
+
+def test_read_positions_are_optional_and_come_together():
+    dec = EventDecoder("pakit.access")
+    old = dec.decode(ev.raw(ev.accessed(3))).events[0]  # a producer without positions
+    assert old.object_id is None and old.chunk_index is None and old.chunk_count == 1
+    new = dec.decode(ev.raw({**ev.accessed(3, position=True), "chunk_count": 8})).events[0]
+    assert (new.object_id, new.chunk_index, new.chunk_count) == ("0f" * 32, 3, 8)
+    half = {**ev.accessed(3), "chunk_index": 3}  # an index without its object names nothing
+    [r] = dec.decode(ev.raw(half)).rejects
+    assert "come together" in r.reason

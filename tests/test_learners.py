@@ -12,6 +12,7 @@ from pakit_stream.learners import (DeduplicationOptimizer, NetworkOptimizer, Pee
                                    SuccessorTable)
 
 from pakit_stream.learners.codec import CodecCostModel, heuristic_codec
+from pakit_stream.learners.prefetch import Prefetcher, delta_sequences, judge_net
 
 from . import events as ev
 
@@ -43,13 +44,20 @@ def trained_successors():
     return m, {"recent_accesses": [ev.block_hash(2)], "k": 2}
 
 
+def trained_prefetcher():
+    m = Prefetcher(ModelConfig(key=KEY))
+    m.train([ev.accessed(i, position=i % 2 == 0) for i in range(60)])
+    return m, {"node_id": "node-a", "k": 3}
+
+
 def trained_codec():
     m = CodecCostModel(ModelConfig(key=KEY))
     m.train([ev.stored(i) for i in range(40)])
     return m, {"block_size": 65536, "node_id": "node-a"}
 
 
-LEARNERS = [trained_peers, trained_network, trained_dedup, trained_successors, trained_codec]
+LEARNERS = [trained_peers, trained_network, trained_dedup, trained_successors,
+            trained_prefetcher, trained_codec]
 
 
 @pytest.mark.parametrize("make", LEARNERS, ids=lambda f: f.__name__)
@@ -605,3 +613,105 @@ def test_successor_table_is_bounded_and_per_node():
         table.observe("n4", "hub")
         table.observe("n4", succ)
     assert len(table.successors("hub", k=10)) == 2
+
+
+# -- prefetcher ----------------------------------------------------------------------------------
+def _h(i: int) -> str:
+    return f"{i:064x}"
+
+
+def _read(p: Prefetcher, node: str, index: int, obj: str = "o" * 64, count: int = 1) -> None:
+    p.observe(node, _h(index), obj, index, count)
+
+
+def test_prefetcher_follows_a_stride_and_names_hashes_it_has_seen():
+    p = Prefetcher()
+    for i in range(200):
+        _read(p, "n", 1000 + 3 * (i % 50))  # a loop over 50 chunks, step 3
+    _read(p, "n", 1000 + 3 * 10)
+    picks = p.propose("n", k=2)
+    assert [x.chunk_index for x in picks] == [1033, 1036]
+    assert picks[0].block_hash == _h(1033)  # read before: its hash is known
+    assert all(x.confidence >= p.min_confidence for x in picks)
+
+
+def test_prefetcher_continues_interleaved_sequential_runs():
+    """Two files read back to back in turns: each read continues the other file's run, so
+    the learner proposes the next chunk of the file just read, not a step between files."""
+    p = Prefetcher()
+    a, b = "a" * 64, "b" * 64
+    for i in range(300):
+        _read(p, "n", 10_000 + i, obj=a)
+        _read(p, "n", 20_000 + 4 * i, obj=b, count=4)  # reads of four chunks each
+    nxt = p.propose("n", k=2)
+    assert [(x.object_id, x.chunk_index) for x in nxt] == [(b, 21_200), (b, 21_204)]
+
+
+def test_prefetcher_proposes_nothing_where_nothing_comes_true():
+    """Random reads: every kind of proposal fails, its confidence falls under the threshold,
+    and the learner stops prefetching (the cache is left to LRU)."""
+    rng = random.Random(0)
+    p = Prefetcher(min_confidence=0.1)
+    for _ in range(3000):
+        _read(p, "n", rng.randrange(1_000_000))
+    served = 0
+    for _ in range(500):
+        _read(p, "n", rng.randrange(1_000_000))
+        served += bool(p.propose("n", k=5))
+    assert served < 25
+    cal = p.calibration()
+    assert cal["next"]["read_share"] < 0.01 and cal["stride"]["read_share"] < 0.01
+
+
+def test_prefetcher_learns_hash_successors_without_positions():
+    p = Prefetcher()
+    for _ in range(30):
+        for i in (5, 9, 2, 7):
+            p.observe("n", _h(i))
+    assert [x.block_hash for x in p.propose("n", k=1)] == [_h(5)]
+    assert p.propose("n", k=1)[0].chunk_index is None
+    # a node the learner never saw asks with its recent reads
+    asked = p.predict({"node_id": "other", "recent_accesses": [_h(9)], "k": 1})
+    assert [x.block_hash for x in asked] == [_h(2)]
+
+
+def test_prefetcher_prequential_score_counts_proposals_made_before_each_read():
+    reads = [("n", _h(i % 40), "o" * 64, i % 40, 1) for i in range(400)]
+    assert Prefetcher().score(reads, k=2) > 0.9  # a loop is predictable
+    rng = random.Random(1)
+    noise = [("n", _h(j), "o" * 64, j, 1) for j in (rng.randrange(10**9) for _ in range(400))]
+    assert Prefetcher().score(noise, k=2) < 0.02
+
+
+def test_prefetcher_is_bounded():
+    p = Prefetcher(max_nodes=3, max_streams=4, max_positions=10, successor_capacity=10)
+    for i in range(100):
+        _read(p, f"node-{i % 7}", i, obj=f"{i % 9:064x}")
+    assert len(p._streams) <= 4 and len(p._last) <= 3 and len(p._outcomes) <= 3
+    assert len(p._hash_at) <= 10 and len(p._position) <= 10 and len(p.successors) <= 10
+
+
+def test_step_net_joins_the_learner_and_is_judged_inside_it(tmp_path):
+    from pakit_stream.batch.prefetch import PrefetchEngine
+    from pakit_stream.serving.prefetch import ServedPrefetchModel
+    from pakit_stream.training import TrainingConfig
+
+    # a stream whose steps cycle 1, 1, 5: the net learns the cycle from the step history
+    index, reads = 0, []
+    for i in range(900):
+        index += (1, 1, 5)[i % 3]
+        reads.append(("n", _h(index), "o" * 64, index, 1))
+    assert delta_sequences((r[0], r[2], r[3]) for r in reads[:4]) == [["1", "5", "1"]]
+    engine = PrefetchEngine(max_vocab_size=16)
+    engine.train(delta_sequences((r[0], r[2], r[3]) for r in reads[:600]),
+                 TrainingConfig(num_epochs=30, early_stopping_patience=30, learning_rate=1e-2))
+    engine.save(tmp_path / "net.safetensors")
+    net = ServedPrefetchModel(tmp_path / "net.safetensors")
+    p = Prefetcher()
+    p.net = net
+    for r in reads[:600]:
+        p.observe(*r)
+    assert any(b[0] == "net" for _, buckets in p._cached["n"].values() for b in buckets)
+    with_net = judge_net(net, reads[:600], reads[600:], k=1)
+    without = judge_net(None, reads[:600], reads[600:], k=1)
+    assert with_net > without + 0.1  # the stride alone misses every third step

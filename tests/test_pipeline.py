@@ -33,7 +33,7 @@ def test_every_family_reaches_its_learner_and_is_counted():
     assert x["block_size"] == 1024 and "compression_ratio" not in x["features"]
     assert p.codec.n_updates == 20 and p.codec.predict_one({"block_size": 1024}) == "zstd"
     assert len(p.dedup) == 30 and p.peers.n_peers == 3 and p.network.n_states == 1
-    assert p.successors.n_updates > 0
+    assert p.prefetcher.n_updates > 0
     assert sample(p, "pakit_stream_events_total", topic="pakit.peers", outcome="ok") == 60
     assert sample(p, "pakit_stream_learner_updates_total", learner="peer_bandit") == 60
     assert sample(p, "pakit_stream_lsh_entries") == 30
@@ -131,3 +131,14 @@ def test_checkpoint_size_is_bounded_by_capacities(tmp_path):
                  ev.pack([ev.fingerprint(batch * 100 + i) for i in range(100)]))
     blob = persist.dumps(p.snapshot(), b"k")
     assert len(p.dedup) == 50 and len(blob) < 80_000
+
+
+def test_an_older_checkpoint_s_successor_table_joins_the_prefetcher():
+    p = fed_pipeline()
+    snap = p.snapshot()
+    learners = dict(snap["learners"])
+    table = learners.pop("prefetcher").successors
+    snap["learners"] = {**learners, "successors": table}  # as versions before positions saved
+    fresh = Pipeline(Settings())
+    fresh.restore(snap)
+    assert fresh.prefetcher.successors is table and table.n_updates > 0

@@ -56,7 +56,7 @@ def test_blocks_read_by_fewer_than_k_nodes_never_reach_the_prefetch_model(tmp_pa
     p.handle("pakit.access", 0, 0, ev.pack(shared + private))
     r = Retrainer(settings, p)
     train, holdout, size = r.split("prefetch_engine")
-    seen = {b for seq in train + holdout for b in seq}
+    seen = {read[1] for read in train + holdout}  # (node, block, object, index, count)
     assert ev.block_hash(999) not in seen and size == 16 and r.suppressed == 4
     assert seen == {ev.block_hash(i % 7) for i in range(6)}
     kept, report = k_anonymous([("n", "x")], individual=lambda r: r[0], quasi=lambda r: r[1], k=2)

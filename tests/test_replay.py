@@ -112,6 +112,11 @@ def test_access_events_follow_an_lru_cache_and_pass_the_contract():
     assert [e["cache_hit"] for e in events] == [False, False, True, False, False]
     assert events[0]["block_hash"] == trace_block_hash(1, "t") != trace_block_hash(1, "u")
     assert all(valid(e) for e in events)
+    # the trace is one object; an access's address is its position and its span its count
+    spanned = list(access_events([8, 16, 8], namespace="t", spans=[8, 4, 8]))
+    assert len({e["object_id"] for e in spanned}) == 1
+    assert [(e["chunk_index"], e["chunk_count"]) for e in spanned] == [(8, 8), (16, 4), (8, 8)]
+    assert all(valid(e) for e in spanned)
 
 
 # -- files -----------------------------------------------------------------------------------

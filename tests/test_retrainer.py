@@ -68,42 +68,74 @@ def test_a_hanging_retrain_is_killed_and_counted(tmp_path):
                   outcome="failed") == 1
 
 
-def loop_reads(n_nodes=4, loop_len=12, repeats=12):
-    """Each node reads its own loop of blocks over and over: predictable next blocks."""
+STEPS = (1, 1, 37)  # each node reads its object forward, every third step a long jump
+
+
+def stepped_reads(n_nodes=4, n=302):
+    """Each node reads its own object at steps cycling 1, 1, 37, never returning: the
+    successor table never sees a block twice, the stride names +1 and misses every jump, and
+    only a net that reads the step history can tell the next jump."""
     out = []
     for node in range(n_nodes):
-        loop = [ev.block_hash(1000 * node + j) for j in range(loop_len)]
-        for r in range(repeats):
-            for j, block in enumerate(loop):
-                out.append({"event_type": "block_accessed", "node_id": f"node-{node}",
-                            "ts": float(r * loop_len + j), "block_hash": block,
-                            "cache_hit": False, "latency_ms": 1.0})
+        index = 0
+        for i in range(n):
+            index += STEPS[i % 3]
+            out.append({"event_type": "block_accessed", "node_id": f"node-{node}",
+                        "ts": float(i), "block_hash": ev.block_hash(10**6 * node + index),
+                        "cache_hit": False, "latency_ms": 1.0,
+                        "object_id": f"{node:064x}", "chunk_index": index})
     return out
 
 
 def test_prefetch_model_is_retrained_served_and_hinted(tmp_path):
     import pytest
 
+    from pakit_stream.learners.prefetch import judge_net
     from pakit_stream.serving.hints import BadRequest, HintService
 
     settings = Settings.from_env({}, data_dir=tmp_path, retrain_min_samples=100,
                                  retrain_min_new=100)
     p = Pipeline(settings)
     hints = HintService(p)
-    loop = [ev.block_hash(j) for j in range(3)]
-    assert hints.prefetch(b'{"recent_accesses": ["%s"]}' % loop[0].encode())["source"] == "fallback"
-    p.handle("pakit.access", 0, 0, ev.pack(loop_reads()))
-    before = hints.prefetch(b'{"recent_accesses": ["%s"], "k": 1}' % loop[1].encode())
-    assert before == {"blocks": [loop[2]], "model_version": None, "source": "markov"}
+    assert hints.prefetch(b'{"node_id": "node-0"}')["source"] == "fallback"
+    reads = stepped_reads()
+    p.handle("pakit.access", 0, 0, ev.pack(reads))
+    last = reads[301]["chunk_index"]  # node-0's last read; its next step is a jump
+    # two steps of 1 just happened: the learner has seen that a third +1 never comes true
+    # after a run of this length, and proposes nothing rather than pollute the cache
+    before = hints.prefetch(b'{"node_id": "node-0", "k": 2}')
+    assert before == {"blocks": [], "positions": [], "proposals": [], "source": "fallback",
+                      "model_version": None}
 
     r = Retrainer(settings, p)
     assert r.due("prefetch_engine") == "volume"
     result = asyncio.run(r.retrain("volume", "prefetch_engine"))
-    assert result["outcome"] == "accepted" and result["candidate_score"] > 0.8
+    assert result["outcome"] == "accepted", result
     assert p.prefetch_model.version == result["version"] and p.prefetch_new == 0
-    after = hints.prefetch(b'{"recent_accesses": ["%s", "%s"], "k": 1}'
-                           % (loop[0].encode(), loop[1].encode()))
-    assert after == {"blocks": [loop[2]], "model_version": result["version"], "source": "learned"}
-    assert sample(p, "pakit_stream_prefetch_holdout_hit_ratio_at_5") > 0.8
+    # the gate judged the learner that serves, built as the daemon builds it
+    params = r.prefetch_params()
+    assert (params["min_confidence"], params["horizon"]) == (
+        p.prefetcher.min_confidence, p.prefetcher.horizon)
+    train, holdout, _ = r.split("prefetch_engine")
+    without = judge_net(None, train, holdout, **params)
+    assert result["candidate_score"] > without + 0.1
+    assert result["candidate_score"] == pytest.approx(
+        r.served_score("prefetch_engine", p.prefetch_model, holdout, train))
+    more, index = [], last  # node-0 reads on: the net's proposals are scored as they come
+    for i in range(302, 332):
+        index += STEPS[i % 3]
+        more.append({**reads[0], "ts": float(i), "chunk_index": index,
+                     "block_hash": ev.block_hash(index)})
+    p.handle("pakit.access", 0, 1, ev.pack(more))
+    after = hints.prefetch(b'{"node_id": "node-0", "k": 3}')
+    assert [x["chunk_index"] for x in after["proposals"]][:1] == [index + 37]
+    assert after["model_version"] == result["version"]
+    assert after["proposals"] == [x.as_dict() for x in p.prefetcher.propose("node-0", 3)]
+    assert sample(p, "pakit_stream_prefetch_holdout_hit_ratio_at_5") > without
+    # a node the daemon never saw asks with its recent reads: the successor table answers
+    assert hints.prefetch(b'{"recent_accesses": ["%s"], "k": 1}'
+                          % reads[0]["block_hash"].encode())["blocks"] == [reads[1]["block_hash"]]
+    with pytest.raises(BadRequest):
+        hints.prefetch(b'{"k": 3}')
     with pytest.raises(BadRequest):
         hints.prefetch(b'{"recent_accesses": ["not-a-hash"]}')

@@ -36,7 +36,8 @@ CONTENT_FIELDS = frozenset(
 
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
 _TOO_LONG_STR = re.compile(r"Expected `str` of length <= \d+")
-_BAD_HASH = re.compile(r"Expected `str` (?:matching regex|of length) .* - at `\$(?:\.events\[\d+\])?\.block_hash`$")
+_BAD_HASH = re.compile(r"Expected `str` (?:matching regex|of length) .* "
+                       r"- at `\$(?:\.events\[\d+\])?\.(?:block_hash|object_id)`$")
 
 
 @dataclass(frozen=True, slots=True)

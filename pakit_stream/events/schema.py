@@ -55,6 +55,7 @@ Bytes = Annotated[int, Meta(ge=0, le=1 << 40)]
 Count = Annotated[int, Meta(ge=0, le=1 << 40)]
 Hop = Annotated[int, Meta(ge=1, le=1024)]
 Hash32 = Annotated[int, Meta(ge=0, le=0xFFFFFFFF)]
+ChunkIndex = Annotated[int, Meta(ge=0, le=1 << 48)]
 
 
 class Event(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, gc=False,
@@ -89,11 +90,23 @@ class BlockStored(Event, tag="block_stored"):
 
 
 class BlockAccessed(Event, tag="block_accessed"):
-    """A node read a block (topic ``pakit.access``)."""
+    """A node read a block (topic ``pakit.access``).
+
+    ``object_id`` (the digest of the file or DAG root the block belongs to), ``chunk_index``
+    (its position there) and ``chunk_count`` (how many consecutive chunks the read covered) are
+    optional, and come together: positions, never content.
+    """
 
     block_hash: BlockHash
     cache_hit: bool
     latency_ms: Millis
+    object_id: BlockHash | None = None
+    chunk_index: ChunkIndex | None = None
+    chunk_count: Annotated[int, Meta(ge=1, le=1 << 20)] = 1
+
+    def __post_init__(self):
+        if (self.object_id is None) != (self.chunk_index is None):
+            raise ValueError("object_id and chunk_index come together")
 
 
 class BlockFingerprint(Event, tag="block_fingerprint"):

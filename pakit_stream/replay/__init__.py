@@ -16,7 +16,9 @@ evaluate``).
 from pakit_stream.replay.blocks import chunk_tree, stored_events
 from pakit_stream.replay.gossip import GossipReplay, broadcast
 from pakit_stream.replay.latency import PeerReplay, RttMatrix
-from pakit_stream.replay.traces import TRACE_FORMATS, access_events, read_trace, trace_block_hash
+from pakit_stream.replay.traces import (TRACE_FORMATS, access_events, read_requests, read_trace,
+                                        trace_block_hash)
 
-__all__ = ["chunk_tree", "stored_events", "read_trace", "access_events", "trace_block_hash",
-           "TRACE_FORMATS", "RttMatrix", "PeerReplay", "broadcast", "GossipReplay"]
+__all__ = ["chunk_tree", "stored_events", "read_trace", "read_requests", "access_events",
+           "trace_block_hash", "TRACE_FORMATS", "RttMatrix", "PeerReplay", "broadcast",
+           "GossipReplay"]

@@ -1,67 +1,117 @@
-"""Push gossip over a real RTT matrix: what a broadcast with (fanout, TTL) reaches, at what cost.
+"""Gossip over a real RTT matrix: what a broadcast reaches, and what it costs in payload and
+control messages.
 
-A broadcast starts at one node. Every node that hears the message for the first time forwards
-it to ``fanout`` nodes drawn at random, up to ``ttl`` hops from the origin. A message is lost
-with probability ``loss``, and, over a matrix, also when its link was not measured in the
-current slice (unreachable). A network of ``n`` nodes is laid over the matrix's hosts: without
-repetition while ``n`` fits, else several nodes per host (nodes on one host are 1 ms apart).
-Each hop takes half the link's RTT; the broadcast completes when its last node is reached.
+Two modes:
+
+``push``
+    A broadcast starts at one node. Every node that hears the message for the first time
+    forwards it to ``fanout`` nodes drawn at random, up to ``ttl`` hops from the origin (a
+    fractional fanout: each node sends the whole part, and one more with the probability of the
+    fraction). Every message carries the payload.
+``push-pull``
+    The same push, then ``pull`` rounds of anti-entropy (Demers et al., PODC 1987): every node
+    contacts one random node and the two exchange digests of the message ids they hold (two
+    control messages); when exactly one of them holds the message, it sends the payload across.
+    Push informs most nodes cheaply; pull finds the rest, and sends a payload only to a node that
+    lacks it (push-then-pull reaches everyone with n + o(n) payload messages, Mercier et al.
+    2017; push-pull needs O(n ln ln n) messages, Karp et al., FOCS 2000).
+
+A message is lost with probability ``loss``, and, over a matrix, also when its link was not
+measured in the current slice (unreachable). A network of ``n`` nodes is laid over the matrix's
+hosts: without repetition while ``n`` fits, else several nodes per host (nodes on one host are
+1 ms apart). Each hop takes half the link's RTT; a pull round starts when the slowest transfer
+of the one before has landed; the broadcast completes when its last node is reached.
 
 >>> rng = np.random.default_rng(0)
->>> coverage, messages, _ = broadcast(200, fanout=8, ttl=10, loss=0.0, rng=rng)
->>> coverage > 0.99, messages > 200
-(True, True)
+>>> push = broadcast(200, fanout=8, ttl=10, loss=0.0, rng=rng)
+>>> push.coverage > 0.99, push.payload > 200 * 7, push.control
+(True, True, 0)
+>>> both = broadcast(200, fanout=1.5, ttl=6, loss=0.0, rng=rng, mode="push-pull", pull=4)
+>>> both.coverage > 0.99, both.payload < 200 * 2, both.control == 2 * 200 * 4
+(True, True, True)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
 from pakit_stream.replay.latency import RttMatrix
 
-__all__ = ["broadcast", "GossipReplay", "SIZES", "LOSSES"]
+__all__ = ["broadcast", "Spread", "GossipReplay", "MODES", "SIZES", "LOSSES"]
 
 _SAME_HOST_MS = 1.0
 SIZES = (20, 50, 100, 200, 500, 1000, 2000)  # network sizes, tens to thousands of nodes
 LOSSES = (0.0, 0.02, 0.1)  # message loss rates
+MODES = ("push", "push-pull")
 
 
-def broadcast(n: int, fanout: int, ttl: int, loss: float, rng: np.random.Generator,
-              rtt_ms: np.ndarray | None = None, hosts: np.ndarray | None = None
-              ) -> tuple[float, int, float]:
-    """One broadcast: ``(coverage, messages sent, completion time in ms)``; the time is 0
-    without ``rtt_ms`` (a host-by-host matrix, NaN = unreachable) and ``hosts`` (node → host)."""
+class Spread(NamedTuple):
+    """What one broadcast did: share of nodes reached, payload and control messages sent,
+    and when the last node was reached (ms; 0 without a matrix)."""
+
+    coverage: float
+    payload: int
+    time_ms: float
+    control: int = 0
+
+
+def broadcast(n: int, fanout: float, ttl: int, loss: float, rng: np.random.Generator,
+              rtt_ms: np.ndarray | None = None, hosts: np.ndarray | None = None,
+              mode: str = "push", pull: int = 0) -> Spread:
+    """One broadcast (see the module's text). ``rtt_ms`` is a host-by-host matrix (NaN =
+    unreachable) and ``hosts`` maps node → host; without them, links only lose ``loss``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown gossip mode {mode!r}; one of {', '.join(MODES)}")
     informed = np.zeros(n, dtype=bool)
     informed[0] = True
     arrival = np.full(n, np.inf)
     arrival[0] = 0.0
     frontier = np.array([0])
-    messages = 0
-    for _ in range(ttl):
-        if frontier.size == 0:
-            break
-        src = np.repeat(frontier, fanout)
-        dst = rng.integers(0, n, size=src.size)
-        messages += dst.size
+    whole, part = int(fanout), fanout - int(fanout)
+
+    def deliver(src: np.ndarray, dst: np.ndarray, start: np.ndarray) -> None:
         ok = rng.random(dst.size) >= loss
         if rtt_ms is not None:
             link = rtt_ms[hosts[src], hosts[dst]].astype(np.float64)
             link[hosts[src] == hosts[dst]] = _SAME_HOST_MS
             ok &= ~np.isnan(link)
-            when = arrival[src] + link / 2
+            when = start + link / 2
         else:
             when = np.zeros(dst.size)
         dst, when = dst[ok], when[ok]
-        fresh_mask = ~informed[dst]
-        dst, when = dst[fresh_mask], when[fresh_mask]
         np.minimum.at(arrival, dst, when)
-        fresh = np.unique(dst)
-        informed[fresh] = True
-        frontier = fresh
+        informed[dst] = True
+
+    payload = control = 0
+    for _ in range(ttl):
+        if frontier.size == 0:
+            break
+        sends = np.full(frontier.size, whole)
+        if part:
+            sends += rng.random(frontier.size) < part
+        src = np.repeat(frontier, sends)
+        dst = rng.integers(0, n, size=src.size)
+        payload += dst.size
+        before = informed.copy()
+        deliver(src, dst, arrival[src])
+        frontier = np.flatnonzero(informed & ~before)
+    if mode == "push-pull":
+        nodes = np.arange(n)
+        for _ in range(pull):
+            partner = rng.integers(0, n, size=n)
+            control += 2 * n  # a digest each way
+            has, other = informed.copy(), informed[partner]
+            src = np.concatenate([nodes[has & ~other], partner[~has & other]])
+            dst = np.concatenate([partner[has & ~other], nodes[~has & other]])
+            payload += src.size
+            start = np.max(arrival[has]) if rtt_ms is not None else 0.0
+            deliver(src, dst, np.full(src.size, start))
     reached = arrival[informed]
-    return float(informed.mean()), int(messages), float(reached.max()) if rtt_ms is not None else 0.0
+    return Spread(float(informed.mean()), int(payload),
+                  float(reached.max()) if rtt_ms is not None else 0.0, int(control))
 
 
 class GossipReplay:

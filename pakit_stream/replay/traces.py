@@ -120,10 +120,14 @@ def trace_block_hash(block_id: int, namespace: str = "trace") -> str:
 
 def access_events(ids: Iterable[int], node_id: str = "node-0", cache_blocks: int = 1024,
                   ts0: float = 0.0, namespace: str = "trace", hit_ms: float = 0.05,
-                  miss_ms: float = 5.0) -> Iterator[dict]:
+                  miss_ms: float = 5.0, spans: Iterable[int] | None = None) -> Iterator[dict]:
     """One ``block_accessed`` per access, hit or miss decided by an LRU cache of
-    ``cache_blocks`` blocks; the latency is a nominal ``hit_ms`` / ``miss_ms``."""
+    ``cache_blocks`` blocks; the latency is a nominal ``hit_ms`` / ``miss_ms``. The trace is one
+    object (its ``object_id`` is derived from ``namespace``); an access's address is its
+    ``chunk_index`` and its span (:func:`read_requests`) its ``chunk_count``."""
     cache: OrderedDict[int, None] = OrderedDict()
+    object_id = hashlib.sha256(f"object:{namespace}".encode()).hexdigest()
+    spans = iter(spans) if spans is not None else None
     for i, block in enumerate(ids):
         block = int(block)
         hit = block in cache
@@ -135,4 +139,5 @@ def access_events(ids: Iterable[int], node_id: str = "node-0", cache_blocks: int
                 cache.popitem(last=False)
         yield {"event_type": "block_accessed", "node_id": node_id, "ts": ts0 + i * 0.001,
                "block_hash": trace_block_hash(block, namespace), "cache_hit": hit,
-               "latency_ms": hit_ms if hit else miss_ms}
+               "latency_ms": hit_ms if hit else miss_ms, "object_id": object_id,
+               "chunk_index": block, "chunk_count": int(next(spans)) if spans else 1}

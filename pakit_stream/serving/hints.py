@@ -27,7 +27,6 @@ from msgspec import Meta, Struct
 
 from pakit_stream.events.schema import BlockHash, ContextKey, Fraction, Identifier, Millis
 from pakit_stream.features import codec_features
-from pakit_stream.serving.prefetch import propose
 from pakit_stream.exceptions import InvalidEventError
 from pakit_stream.pipeline import Pipeline
 
@@ -64,9 +63,13 @@ class CompressionHintRequest(Struct, forbid_unknown_fields=True):
 
 
 class PrefetchHintRequest(Struct, forbid_unknown_fields=True):
-    recent_accesses: Annotated[list[BlockHash], Meta(min_length=1, max_length=64)]
     node_id: Identifier | None = None
+    recent_accesses: Annotated[list[BlockHash], Meta(max_length=64)] = []
     k: Annotated[int, Meta(ge=1, le=100)] = 5
+
+    def __post_init__(self):
+        if self.node_id is None and not self.recent_accesses:
+            raise ValueError("give node_id, recent_accesses, or both")
 
 
 def _decode(body: bytes, kind):
@@ -179,15 +182,25 @@ class HintService:
         return answer
 
     def prefetch(self, body: bytes) -> dict:
-        """``{node_id, recent_accesses, k}`` → ``{blocks, model_version, source}``: the GRU's
-        picks interleaved with the online successor table's when the GRU knows the last block,
-        else the table's, else nothing (see :func:`~pakit_stream.serving.prefetch.propose`)."""
+        """``{node_id, recent_accesses, k}`` → ``{blocks, positions, proposals, model_version,
+        source}``: the prefetch learner's most confident proposals after the node's last read
+        (:class:`~pakit_stream.learners.prefetch.Prefetcher`; for a node it has not seen, the
+        successors of the last of ``recent_accesses``). ``blocks`` are the proposals whose
+        hash is known; ``positions`` the ``(object_id, chunk_index)`` of the others, which
+        the node resolves in its own DAG. Nothing confident enough: empty lists, ``fallback``."""
         started = time.perf_counter()
         req = self._parse("prefetch", body, PrefetchHintRequest)
-        model = self.pipeline.prefetch_model
-        blocks, source = propose(model, self.pipeline.successors, req.recent_accesses, req.k)
-        answer = {"blocks": blocks, "source": source,
-                  "model_version": model.version if source == "learned" else None}
+        prefetcher = self.pipeline.prefetcher
+        picks = prefetcher.predict({"node_id": req.node_id, "k": req.k,
+                                    "recent_accesses": req.recent_accesses})
+        net = prefetcher.net
+        answer = {"blocks": [p.block_hash for p in picks if p.block_hash],
+                  "positions": [{"object_id": p.object_id, "chunk_index": p.chunk_index}
+                                for p in picks if not p.block_hash],
+                  "proposals": [p.as_dict() for p in picks],
+                  "source": "learned" if picks else "fallback",
+                  "model_version": net.version if any(p.source == "net" for p in picks)
+                  else None}
         self._done("prefetch", answer["source"], started)
         return answer
 

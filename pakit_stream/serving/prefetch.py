@@ -1,18 +1,10 @@
-"""The prefetch model as the daemon serves it: the trained GRU's weights, run with numpy.
+"""The prefetch step net as the daemon serves it: the trained GRU's weights, run with numpy.
 
-Same file as :class:`~pakit_stream.batch.prefetch.PrefetchEngine` saves; the forward pass is
-PyTorch's GRU (gates r, z, n in that order) written out, so torch never enters the event loop.
-
-:func:`propose` is the prefetch hint: the GRU's and the online successor table's top blocks,
-interleaved, the table's first. The GRU reads eight blocks of context but is frozen between
-retrains; the table reads one block but learns every access. On the LIRS and CloudPhysics
-traces the interleaving proposes the next block more often than either alone (hit@5; see
-``pakit-stream evaluate prefetch`` and the README's results).
-
->>> class Table:
-...     def successors(self, block, k): return ["t1", "g1", "t2"][:k]
->>> propose(None, Table(), ["x"], 2)
-(['t1', 'g1'], 'markov')
+Same file as :class:`~pakit_stream.batch.prefetch.PrefetchEngine` saves, trained on the steps
+(chunk-index deltas) of each (node, object) stream; the forward pass is PyTorch's GRU (gates r,
+z, n in that order) written out, so torch never enters the event loop. It is one source of the
+prefetch learner (:class:`~pakit_stream.learners.prefetch.Prefetcher`), which ranks its picks
+with the stride and successor proposals by how often each came true.
 """
 
 from __future__ import annotations
@@ -25,7 +17,7 @@ import numpy as np
 from pakit_stream.exceptions import ModelLoadError
 from pakit_stream.modelfile import read_model_file
 
-__all__ = ["ServedPrefetchModel", "propose"]
+__all__ = ["ServedPrefetchModel"]
 
 
 def _sigmoid(x):
@@ -72,19 +64,3 @@ class ServedPrefetchModel:
         top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
         return [self.vocab[i] for i in top[np.argsort(-s[top])]]
 
-
-def propose(model: ServedPrefetchModel | None, table, recent: Sequence[str], k: int
-            ) -> tuple[list[str], str]:
-    """Up to ``k`` blocks likely to follow ``recent`` (most recent last), and where they came
-    from: ``learned`` (the GRU knows the last block: its picks interleaved with the table's,
-    the GRU's first), ``markov`` (the table alone) or ``fallback`` (nothing known)."""
-    table_picks = table.successors(recent[-1], k)
-    if model is None or not model.knows(recent[-1]):
-        return table_picks, "markov" if table_picks else "fallback"
-    model_picks = model.predict(recent, k)
-    out: list[str] = []
-    for i in range(k):
-        for picks in (table_picks, model_picks):
-            if i < len(picks) and picks[i] not in out:
-                out.append(picks[i])
-    return out[:k], "learned"

@@ -1,0 +1,410 @@
+"""What to prefetch: stream strides, block successors and a delta net, ranked by how often each
+kind of proposal has come true.
+
+Three kinds of evidence, each learned per access:
+
+``stride``
+    per (node, object) stream, the most frequent step among the last ``window`` steps of
+    ``chunk_index`` (the majority trend of Leap, ATC '20, of which "next block" is the case
+    step = 1): it proposes ``index + j * step`` for ``j = 1..k``. It needs the optional
+    ``object_id`` and ``chunk_index`` of ``block_accessed``.
+``successor``
+    the online first-order successor table over block hashes
+    (:class:`~pakit_stream.learners.successors.SuccessorTable`): what followed this block before.
+``net``
+    the batch model, when one serves: a GRU over the last steps of the stream that names the
+    next **step** (Hashemi et al., ICML 2018), so that it generalises to blocks it never saw.
+
+Every proposal falls in a bucket (its source, its rank, and how strong its own evidence is: the
+stride's support in the window, the successor's share and count, the net's probability). Each
+bucket keeps a decayed count of how many of its proposals the node read within ``horizon``
+accesses: that share is the proposal's confidence, calibrated online on the node's own reads.
+The ``k`` slots go to the most confident proposals; proposals below ``min_confidence`` are
+dropped, so on a stream where nothing comes true nothing is prefetched (and the cache behaves as
+LRU without prefetching).
+
+One object answers the daemon's hint, the retrain gates and ``pakit-stream evaluate``: what is
+judged is what is served.
+
+>>> p = Prefetcher(min_confidence=0.3)
+>>> for i in range(40):
+...     p.observe("node-1", f"{i:064x}", "f" * 64, 10 + 2 * i)
+>>> [(x.chunk_index, x.source) for x in p.propose("node-1", k=2)]
+[(90, 'stride'), (92, 'stride')]
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pakit_stream.base_model import ModelConfig, OnlineModel
+from pakit_stream.learners.successors import SuccessorTable
+
+__all__ = ["Prefetcher", "Proposal", "delta_sequences", "judge_net", "SOURCES", "GATE_WARM_READS"]
+
+SOURCES = ("next", "stride", "successor", "net")
+
+
+def _count(item: tuple[int, int]) -> int:
+    return item[1]
+
+
+@dataclass(slots=True)
+class Proposal:
+    """One block to prefetch: its hash when known, its position when known, and why."""
+
+    block_hash: str | None
+    object_id: str | None
+    chunk_index: int | None
+    confidence: float
+    source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"block_hash": self.block_hash, "object_id": self.object_id,
+                "chunk_index": self.chunk_index, "confidence": round(self.confidence, 4),
+                "source": self.source}
+
+
+class _Stream:
+    __slots__ = ("last", "count", "run", "steps", "ends")
+
+    def __init__(self, size: int) -> None:
+        self.last: int | None = None
+        self.count = self.run = 1
+        self.steps: deque[int] = deque(maxlen=size)
+        self.ends: OrderedDict[int, int] = OrderedDict()  # where recent reads end -> run length
+
+
+class _Outcomes:
+    """A node's open proposals: which were read within the horizon."""
+
+    __slots__ = ("clock", "open", "queue", "read", "ids")
+
+    def __init__(self) -> None:
+        self.clock = 0
+        self.open: dict[Any, list[tuple[int, tuple]]] = {}  # key -> (id, bucket) not yet read
+        self.queue: deque[tuple[int, int, Any]] = deque()  # (expires, id, key), oldest first
+        self.read: set[int] = set()  # ids read before they expired
+        self.ids = 0
+
+
+def delta_sequences(records: Iterable[tuple[str, str | None, int | None]]) -> list[list[str]]:
+    """The step sequences of each (node, object) stream of ``(node, object, index)`` reads, as
+    the tokens the delta net learns (repeated reads of one chunk are not steps).
+
+    >>> delta_sequences([("n", "o", 4), ("n", "o", 5), ("n", "p", 0), ("n", "o", 7)])
+    [['1', '2'], []]
+    """
+    streams: dict[tuple[str, str], list] = {}
+    for node, obj, index in records:
+        if obj is None or index is None:
+            continue
+        s = streams.setdefault((node, obj), [index, []])
+        if index != s[0]:
+            s[1].append(str(index - s[0]))
+        s[0] = index
+    return [steps for _, steps in streams.values()]
+
+
+#: reads of the training window a gate's fresh learner is warmed on before it is scored
+GATE_WARM_READS = 20_000
+
+
+def judge_net(net, window: Sequence[tuple], holdout: Iterable[tuple], k: int = 5,
+              **params) -> float:
+    """The retrain gates' score of a step net (``None``: the learner without one): a fresh
+    :class:`Prefetcher` with ``params`` and this net, warmed on the newest
+    :data:`GATE_WARM_READS` reads of ``window``, then its hit ratio at ``k`` on ``holdout``
+    (:meth:`Prefetcher.score`). The learner is the one that serves; only the net differs."""
+    learner = Prefetcher(**params)
+    learner.net = net
+    for node, block, obj, index, count in window[-GATE_WARM_READS:]:
+        learner.observe(node, block, obj, index, count)
+    return learner.score(holdout, k)
+
+
+class Prefetcher(OnlineModel):
+    default_name = "prefetcher"
+
+    def __init__(self, model_config: ModelConfig | None = None, *, window: int = 8,
+                 horizon: int = 16, min_confidence: float = 0.1, max_k: int = 8,
+                 successor_capacity: int = 200_000, max_nodes: int = 100_000,
+                 max_streams: int = 100_000, max_positions: int = 200_000,
+                 halflife: float = 2_000.0, prior: float = 4.0) -> None:
+        super().__init__(model_config)
+        self.window, self.horizon, self.min_confidence = window, horizon, min_confidence
+        self.max_k, self.max_nodes, self.max_streams = max_k, max_nodes, max_streams
+        self.max_positions, self.prior = max_positions, prior
+        self.decay = 0.5 ** (1.0 / halflife)
+        self.successors = SuccessorTable(capacity=successor_capacity, max_nodes=max_nodes)
+        self._net = None
+        self._streams: OrderedDict[tuple[str, str], _Stream] = OrderedDict()
+        self._last: OrderedDict[str, tuple[str, str | None, int | None]] = OrderedDict()
+        self._hash_at: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._position: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._outcomes: OrderedDict[str, _Outcomes] = OrderedDict()
+        # bucket, and source -> [read, proposed], decayed
+        self._calibration: dict[Any, list[float]] = {}
+        self._cached: dict[str, dict] = {}
+
+    @property
+    def net(self):
+        """The step net (a :class:`~pakit_stream.serving.prefetch.ServedPrefetchModel`), or
+        ``None``; set by the retrainer's swap, the gates and ``evaluate``. Its proposals are
+        scored from the reads after it joins, like every other source's."""
+        return self._net
+
+    @net.setter
+    def net(self, model) -> None:
+        self._net = model
+        self._cached.clear()  # proposals made without it (or with the previous one)
+
+    # learning ------------------------------------------------------------------------------
+    def observe(self, node_id: str, block_hash: str, object_id: str | None = None,
+                chunk_index: int | None = None, chunk_count: int = 1) -> None:
+        """Learn one read: score the node's open proposals, update its stream and the
+        successor table, and open the proposals that follow it."""
+        self._score(node_id, block_hash, object_id, chunk_index)
+        self.successors.observe(node_id, block_hash)
+        if object_id is not None and chunk_index is not None:
+            stream = self._bounded(self._streams, (node_id, object_id), self.max_streams)
+            if stream is None:
+                stream = self._streams[(node_id, object_id)] = _Stream(self.window)
+            if stream.last is not None and chunk_index != stream.last:
+                stream.steps.append(chunk_index - stream.last)
+            # a read that starts where a recent one ended continues its run, even when other
+            # reads came between (interleaved sequential streams, as AMP detects them)
+            ends = stream.ends
+            stream.run = ends.pop(chunk_index, 0) + 1
+            ends[chunk_index + chunk_count] = stream.run
+            if len(ends) > self.window * 4:
+                ends.popitem(last=False)
+            stream.last, stream.count = chunk_index, chunk_count
+            self._remember(self._hash_at, (object_id, chunk_index), block_hash,
+                           self.max_positions)
+            self._remember(self._position, block_hash, (object_id, chunk_index),
+                           self.max_positions)
+        self._remember(self._last, node_id, (block_hash, object_id, chunk_index), self.max_nodes)
+        candidates = self._candidates(node_id, self.max_k)
+        self._cached[node_id] = candidates
+        self._open(node_id, candidates)
+        self.n_updates += 1
+
+    def learn_record(self, record: Mapping[str, Any]) -> None:
+        self.observe(record.get("node_id", "-"), record["block_hash"], record.get("object_id"),
+                     record.get("chunk_index"), record.get("chunk_count") or 1)
+
+    @staticmethod
+    def _bounded(table: OrderedDict, key, cap: int):
+        value = table.get(key)
+        if value is not None:
+            table.move_to_end(key)
+        elif len(table) >= cap:
+            table.popitem(last=False)
+        return value
+
+    def _remember(self, table: OrderedDict, key, value, cap: int) -> None:
+        self._bounded(table, key, cap)
+        table[key] = value
+
+    def _score(self, node_id: str, block_hash: str, object_id, chunk_index) -> None:
+        out = self._bounded(self._outcomes, node_id, self.max_nodes)
+        if out is None:
+            out = self._outcomes[node_id] = _Outcomes()
+        out.clock += 1
+        for key in (block_hash, (object_id, chunk_index)):
+            for pid, bucket in out.open.pop(key, ()):
+                self._credit(bucket, 1.0)
+                out.read.add(pid)
+        queue, clock = out.queue, out.clock
+        while queue and queue[0][0] < clock:
+            _, pid, key = queue.popleft()
+            if pid in out.read:
+                out.read.discard(pid)
+                continue
+            waiting = out.open[key]
+            for i, (other, bucket) in enumerate(waiting):
+                if other == pid:
+                    del waiting[i]
+                    break
+            if not waiting:
+                del out.open[key]
+            self._credit(bucket, 0.0)
+
+    def _credit(self, bucket: tuple, read: float) -> None:
+        d = self.decay
+        for key in (bucket, bucket[0]):  # the bucket, and its source as a whole
+            c = self._calibration.get(key)
+            if c is None:
+                c = self._calibration[key] = [0.0, 0.0]
+            c[0] = c[0] * d + read
+            c[1] = c[1] * d + 1.0
+
+    def _open(self, node_id: str, candidates) -> None:
+        out = self._outcomes[node_id]
+        expires = out.clock + self.horizon
+        for key, (_, buckets) in candidates.items():
+            waiting = out.open.setdefault(key, [])
+            for bucket in buckets:
+                out.ids += 1
+                waiting.append((out.ids, bucket))
+                out.queue.append((expires, out.ids, key))
+
+    # proposing -----------------------------------------------------------------------------
+    def confidence(self, bucket: tuple) -> float:
+        """The decayed share of a bucket's proposals that were read within the horizon,
+        shrunk towards the share of all proposals of its source."""
+        c = self._calibration.get(bucket)
+        base = self._source_rate(bucket[0])
+        if c is None:
+            return base
+        return (c[0] + self.prior * base) / (c[1] + self.prior)
+
+    def _source_rate(self, source: str) -> float:
+        read, seen = self._calibration.get(source, (0.0, 0.0))
+        return (read + 0.5) / (seen + 5.0)  # a weak prior of 10%
+
+    def _candidates(self, node_id: str, k: int) -> dict[Any, tuple[Proposal, list[tuple]]]:
+        """Every proposal after the node's last read, by key (its position when known, else
+        its hash), with the buckets it falls in (unranked)."""
+        last = self._last.get(node_id)
+        if last is None:
+            return {}
+        block_hash, object_id, index = last
+        out: dict[Any, tuple[Proposal, list[tuple]]] = {}
+        stream = None
+        if object_id is not None and index is not None:
+            stream = self._streams.get((node_id, object_id))
+        if stream is not None:
+            run = min(stream.run, self.window)
+            for j in range(1, k + 1):
+                self._add(out, object_id, index + j * stream.count, ("next", j, run), None)
+        if stream is not None and stream.steps:
+            # the most frequent step of the window; among ties, the most recent
+            step, support = max(Counter(reversed(stream.steps)).items(), key=_count)
+            agrees = stream.steps[-1] == step
+            for j in range(1, k + 1):
+                self._add(out, object_id, index + j * step,
+                          ("stride", j, support, agrees), None)
+        succ = self.successors._next.get(block_hash)
+        if succ:
+            total = sum(succ.values())
+            for r, nxt in enumerate(sorted(succ, key=lambda b: -succ[b])[:k], 1):
+                share = succ[nxt] / total
+                bucket = ("successor", r, min(int(share * 10), 9),
+                          min(int(math.log2(total)), 6))
+                pos = self._position.get(nxt)
+                self._add(out, pos[0] if pos else None, pos[1] if pos else None,
+                          bucket, nxt)
+        net = self.net
+        if net is not None and stream is not None and stream.steps:
+            for r, (step, p) in enumerate(self._net_steps(net, stream.steps, k), 1):
+                self._add(out, object_id, index + step,
+                          ("net", r, min(int(p * 10), 9)), None)
+        return out
+
+    def _add(self, out, object_id, index, bucket, block_hash) -> None:
+        if object_id is not None and index is not None:
+            key = (object_id, index)
+            block_hash = block_hash or self._hash_at.get(key)
+        else:
+            key = block_hash
+        entry = out.get(key)
+        if entry is None:
+            out[key] = (Proposal(block_hash, object_id, index, 0.0, bucket[0]), [bucket])
+        else:  # named by two sources: scored in both buckets, ranked by the surer
+            entry[1].append(bucket)
+
+    @staticmethod
+    def _net_steps(net, steps: Sequence[int], k: int) -> list[tuple[int, float]]:
+        scores = net.scores([str(s) for s in steps])
+        scores = scores - scores.max()
+        probs = np.exp(scores)
+        probs /= probs.sum()
+        probs[0] = 0.0  # "another step" names no block
+        top = np.argsort(-probs)[:k]
+        return [(int(net.vocab[i]), float(probs[i])) for i in top if probs[i] > 0]
+
+    def propose(self, node_id: str, k: int = 5) -> list[Proposal]:
+        """The ``k`` most confident proposals after the node's last read, at least
+        ``min_confidence`` each, most confident first."""
+        candidates = self._cached.get(node_id)
+        if candidates is None:
+            candidates = self._candidates(node_id, self.max_k)
+        ranked = []
+        for proposal, buckets in candidates.values():
+            c = max(self.confidence(b) for b in buckets)
+            if c >= self.min_confidence:
+                ranked.append(Proposal(proposal.block_hash, proposal.object_id,
+                                       proposal.chunk_index, c, proposal.source))
+        ranked.sort(key=lambda p: -p.confidence)
+        return ranked[:k]
+
+    def hit(self, node_id: str, block_hash: str, object_id: str | None = None,
+            chunk_index: int | None = None, k: int = 5) -> bool:
+        """Whether a read is among the ``k`` proposals the node would be served just before
+        it (call it before :meth:`observe` of that read): the prequential hit ratio at k."""
+        for p in self.propose(node_id, k):
+            if p.block_hash == block_hash or (
+                    object_id is not None and p.chunk_index == chunk_index
+                    and p.object_id == object_id):
+                return True
+        return False
+
+    def predict(self, request: Mapping[str, Any]) -> list[Proposal]:
+        """``{node_id, k}``: :meth:`propose` for a node whose reads this learner has seen.
+        For a node it has not seen, ``recent_accesses`` (hashes, most recent last) asks the
+        successor table alone."""
+        node, k = request.get("node_id"), int(request.get("k", 5))
+        if node is not None and node in self._last:
+            return self.propose(node, k)
+        recent = request.get("recent_accesses") or []
+        if not recent:
+            return []
+        succ = self.successors._next.get(recent[-1]) or {}
+        total = sum(succ.values())
+        out = []
+        for r, nxt in enumerate(sorted(succ, key=lambda b: -succ[b])[:k], 1):
+            share = succ[nxt] / total
+            c = self.confidence(("successor", r, min(int(share * 10), 9),
+                                 min(int(math.log2(total)), 6)))
+            if c >= self.min_confidence:
+                pos = self._position.get(nxt)
+                out.append(Proposal(nxt, pos[0] if pos else None, pos[1] if pos else None, c,
+                                    "successor"))
+        return out
+
+    def score(self, reads: Iterable[tuple], k: int = 5) -> float:
+        """Hit ratio at ``k`` over ``reads`` (``(node, block, object, index, count)``, in
+        order), test-then-train: each read is scored against the proposals made before it, then
+        learned. The retrain gates judge a step net by this, on a copy warmed on the window."""
+        hits = n = 0
+        for node, block, obj, index, count in reads:
+            if node in self._last:
+                hits += self.hit(node, block, obj, index, k)
+                n += 1
+            self.observe(node, block, obj, index, count)
+        return hits / n if n else 0.0
+
+    def calibration(self) -> dict[str, dict[str, float]]:
+        """Per source: proposals scored and the share read within the horizon."""
+        out = {}
+        for source in SOURCES:
+            read, n = self._calibration.get(source, (0.0, 0.0))
+            out[source] = {"scored": n, "read_share": read / n if n else 0.0}
+        return out
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_cached"] = {}
+        state["_net"] = None  # the batch model is loaded from the registry, not checkpointed
+        return state
+
+    def __len__(self) -> int:
+        return len(self.successors)
