@@ -3,9 +3,9 @@
 * codec MLP: ``--codec-samples`` samples (default 1M) whose features follow the distribution of
   real blocks of this machine's Python installation (size, depth, entropy), labels by a rule
   with noise;
-* prefetch GRU: the first ``--accesses`` reads (default 5M) of a real block trace (``--trace``,
-  e.g. the CloudPhysics w106 trace: big-endian uint32 block ids, xz), or a Zipf stream when no
-  trace is given; vocabulary 10k.
+* prefetch step net: the steps between the first ``--accesses`` reads (default 5M) of a real
+  block trace (``--trace``, e.g. the CloudPhysics w106 trace: little-endian uint32 block ids,
+  xz), or of a Zipf stream when no trace is given; vocabulary 512 steps, the daemon's default.
 
 Each net runs ``--steps`` optimiser steps of ``--batch`` samples per device (one warm-up step
 first), and the figures are samples/s and the time a full epoch would take at that rate. Writes
@@ -46,12 +46,16 @@ def codec_data(n: int, seed: int = 0):
 
 
 def trace_ids(path: Path | None, n: int, vocab: int, seed: int = 0) -> np.ndarray:
+    """The trace's steps as the net's token ids (1 = most frequent step; 0 = outside the
+    vocabulary), as the daemon trains it (:func:`pakit_stream.learners.prefetch.delta_sequences`)."""
     if path is not None:
         raw = lzma.open(path).read(4 * n)
-        blocks = np.frombuffer(raw, dtype=">u4").astype(np.int64)
+        blocks = np.frombuffer(raw, dtype="<u4").astype(np.int64)
     else:
         blocks = np.random.default_rng(seed).zipf(1.1, n) % 1_000_000
-    uniq, inverse, counts = np.unique(blocks, return_inverse=True, return_counts=True)
+    steps = np.diff(blocks)
+    steps = steps[steps != 0]
+    uniq, inverse, counts = np.unique(steps, return_inverse=True, return_counts=True)
     rank = np.empty_like(counts)
     rank[np.argsort(-counts, kind="stable")] = np.arange(len(counts))
     ids = rank[inverse] + 1
@@ -91,7 +95,7 @@ def main() -> None:
     ap.add_argument("--codec-samples", type=int, default=1_000_000)
     ap.add_argument("--accesses", type=int, default=5_000_000)
     ap.add_argument("--trace", type=Path)
-    ap.add_argument("--vocab", type=int, default=10_000)
+    ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gpu_retrain.json")
@@ -102,7 +106,7 @@ def main() -> None:
     ctx = 8
     valid = np.nonzero(ids[ctx:] > 0)[0] + ctx  # predict only in-vocabulary next blocks
     ids_t = torch.tensor(ids)
-    print(f"codec samples {len(y):,}; accesses {len(ids):,} "
+    print(f"codec samples {len(y):,}; steps {len(ids):,} "
           f"({len(valid):,} in-vocabulary targets, vocab {args.vocab:,})", flush=True)
     gen = torch.Generator().manual_seed(0)
 

@@ -5,7 +5,7 @@
 Synthetic but shaped like the telemetry: fetches over 200 peers from 50 nodes (log-normal
 latencies, 1% failures, whitelisted context); fingerprints with 5% near-duplicates; stored
 blocks with every codec measured; reads from 32 nodes, each walking its files forward with
-occasional jumps (positions carried). Prints mean µs per call and writes
+occasional jumps (positions carried); gossip rounds of random settings. Prints mean µs per call and writes
 ``benchmarks/results/learners.json``. Figures, not assertions: see the tests for behaviour.
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from pakit_stream.learners.codec import CodecCostModel
 from pakit_stream.learners.dedup import DeduplicationOptimizer
+from pakit_stream.learners.network import NetworkOptimizer
 from pakit_stream.learners.peers import PeerSelector
 from pakit_stream.learners.prefetch import Prefetcher
 
@@ -109,6 +110,27 @@ def prefetch(n: int, rng: random.Random) -> dict[str, float]:
     return {"prefetch_observe_us": learn, "prefetch_propose_5_us": propose}
 
 
+def gossip(n: int, rng: np.random.Generator) -> dict[str, float]:
+    from pakit_stream.replay.gossip import broadcast
+
+    opt = NetworkOptimizer(epsilon=0.0)
+    rounds = []
+    for _ in range(n):
+        size, loss = int(rng.choice([50, 200, 1000])), float(rng.choice([0.0, 0.02, 0.1]))
+        mode, f, t, pull = opt.random_action(rng)
+        s = broadcast(size, f, t, loss, rng, mode=mode, pull=pull)
+        rounds.append((size, 50.0, loss, f, t, s.coverage, s.payload, mode, pull, s.control))
+    learn = per_call_us(lambda r: opt.learn_round(*r), rounds)
+    asks = [{"network_size": int(x), "avg_latency_ms": 50.0, "message_loss_rate": 0.02}
+            for x in rng.integers(20, 5000, 200)]
+    fresh = per_call_us(lambda a: (opt._answers.clear(), opt.predict(a)), asks)
+    for a in asks:  # every network asked about once: its answer is kept
+        opt.predict(a)
+    cached = per_call_us(opt.predict, asks)
+    return {"gossip_learn_round_us": learn, "gossip_hint_uncached_us": fresh,
+            "gossip_hint_cached_us": cached}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=100_000)
@@ -117,7 +139,8 @@ def main() -> None:
     figures = {**peers(args.events, random.Random(0)),
                **dedup(args.events, np.random.default_rng(0)),
                **codec(args.events // 5, random.Random(1)),
-               **prefetch(args.events, random.Random(2))}
+               **prefetch(args.events, random.Random(2)),
+               **gossip(args.events // 50, np.random.default_rng(3))}
     for name, value in figures.items():
         print(f"{name:34} {value:9.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

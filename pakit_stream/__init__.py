@@ -5,7 +5,7 @@ Where to start reading, following one event from Kafka to a served hint:
 1. :mod:`pakit_stream.events` — the event contract, decoding, and why an event is refused.
 2. :mod:`pakit_stream.pipeline` — one message in, learners updated, offsets tracked.
 3. :mod:`pakit_stream.learners` — the online learners (peer bandit, codec cost model, gossip
-   Q-learner, MinHash LSH dedup, successor table).
+   Q-function, MinHash LSH dedup, prefetch learner).
 4. :mod:`pakit_stream.app` — the Faust agents, checkpoint timer and HTTP views.
 5. :mod:`pakit_stream.serving` — the hints, with their fallbacks.
 

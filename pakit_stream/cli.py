@@ -107,7 +107,7 @@ def replay_source(args):
 
             opt = NetworkOptimizer()
             events = replay.GossipReplay(matrix, seed=args.seed).rounds(
-                SIZES, LOSSES, opt.fanouts, opt.ttls, per_slice=10)
+                SIZES, LOSSES, opt.actions, per_slice=10)
     return encoded(islice(events, args.limit))
 
 

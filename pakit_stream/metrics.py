@@ -59,7 +59,8 @@ class Metrics:
         self.gossip_reward = Gauge("gossip_reward", "Mean reward of observed gossip rounds.",
                                    namespace=ns, registry=r)
         self.gossip_agreement = Gauge("gossip_agreement_ratio", "Share of gossip rounds whose "
-                                      "(fanout, TTL) matched the learner's greedy choice.",
+                                      "setting (mode, fanout, TTL, pull rounds) matched the "
+                                      "learner's greedy choice.",
                                       namespace=ns, registry=r)
         self.lsh_entries = Gauge("lsh_entries", "Blocks in the MinHash LSH index.",
                                  namespace=ns, registry=r)

@@ -92,7 +92,8 @@ class Pipeline:
         self.network = NetworkOptimizer(message_cost=s.gossip_message_cost,
                                         coverage_target=s.gossip_coverage_target,
                                         miss_penalty=s.gossip_miss_penalty,
-                                        epsilon=s.gossip_epsilon)
+                                        epsilon=s.gossip_epsilon,
+                                        control_cost=s.gossip_control_cost)
         self.dedup = DeduplicationOptimizer(threshold=s.lsh_threshold, capacity=s.lsh_capacity,
                                             max_candidates=s.lsh_max_candidates)
         #: what to prefetch: strides, successors and the served step net, ranked by how often
@@ -268,7 +269,7 @@ class Pipeline:
         for i, e in enumerate(events):
             try:
                 self._access_seen += 1
-                if self._access_seen % every == 0:  # test, then train
+                if self._access_seen % every == 0 and prefetcher.knows(e.node_id):
                     hit5.add(prefetcher.hit(e.node_id, e.block_hash, e.object_id,
                                             e.chunk_index, 5))
                 prefetcher.observe(e.node_id, e.block_hash, e.object_id, e.chunk_index,
@@ -326,12 +327,16 @@ class Pipeline:
             try:
                 self._gossip_seen += 1
                 if self._gossip_seen % every == 0:  # test, then train
-                    state = net.state(e.network_size, e.avg_latency_ms, e.message_loss_rate)
-                    greedy = net.predict({"state": state})
+                    greedy = net.predict({"network_size": e.network_size,
+                                          "avg_latency_ms": e.avg_latency_ms,
+                                          "message_loss_rate": e.message_loss_rate})
                     if greedy["source"] == "learned":
-                        agree.add(net.snap((e.fanout, e.ttl)) == (greedy["fanout"], greedy["ttl"]))
+                        agree.add((e.mode, e.fanout, e.ttl, e.pull_rounds) == (
+                            greedy["mode"], greedy["fanout"], greedy["ttl"],
+                            greedy["pull_rounds"]))
                 reward.add(net.learn_round(e.network_size, e.avg_latency_ms, e.message_loss_rate,
-                                           e.fanout, e.ttl, e.coverage, e.messages_sent))
+                                           e.fanout, e.ttl, e.coverage, e.messages_sent, e.mode,
+                                           e.pull_rounds, e.control_messages))
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
         self._publish("gossip_reward")
@@ -381,10 +386,13 @@ class Pipeline:
         self.tails = dict(snap.get("tails", {}))  # older checkpoints have none
         self.applied.update(snap["applied"])
         for k, (total, n) in snap["quality"].items():
-            self.quality[k].total, self.quality[k].n = total, n
+            if k in self.quality:  # figures older versions kept under other names start afresh
+                self.quality[k].total, self.quality[k].n = total, n
         self._peer_seen, self._gossip_seen = snap["seen"]
         learners = snap["learners"]
-        self.peers, self.network = learners["peers"], learners["network"]
+        self.peers = learners["peers"]
+        if hasattr(learners["network"], "rounds"):  # older versions kept a table of cells
+            self.network = learners["network"]
         self.dedup = learners["dedup"]
         if "prefetcher" in learners:
             net, self.prefetcher = self.prefetcher.net, learners["prefetcher"]

@@ -112,7 +112,11 @@ class Settings:
         10.0, "Reward lost per unit of coverage short of the target: at 10, falling 0.1% short "
         "costs as much as one more message per node."
     )
-    gossip_epsilon: float = _setting(0.1, "Exploration rate of fanout/TTL hints.")
+    gossip_epsilon: float = _setting(0.1, "Exploration rate of gossip-setting hints.")
+    gossip_control_cost: float = _setting(
+        0.1, "What one control message (a digest of anti-entropy, no payload) costs, in payload "
+             "messages: the gossip learner picks the cheapest setting by payload plus this "
+             "times control.")
     # privacy
     dp_epsilon: float = _setting(
         0.0, "Laplace differential privacy for the quality figures the daemon exports (metrics, "
@@ -230,6 +234,8 @@ class Settings:
                               f"{self.lsh_max_candidates}")
         if not 0 < self.gossip_coverage_target <= 1:
             raise ConfigError("gossip_coverage_target must be in (0, 1]")
+        if self.gossip_control_cost < 0:
+            raise ConfigError("gossip_control_cost must not be negative")
         if not 0 <= self.gossip_epsilon <= 1:
             raise ConfigError("gossip_epsilon must be in [0, 1]")
         if self.dp_epsilon < 0 or self.dp_release_s < 0:

@@ -6,7 +6,7 @@
   computed with the node-side :func:`~pakit_stream.events.block_minhash`.
 * Reads replay files front to back, file popularity Zipf-distributed, through an LRU cache.
 * Peers and gossip are simulated: peers have log-normal latencies that drift (one fast peer
-  degrades half-way), and gossip rounds run a real push-gossip simulation with loss.
+  degrades half-way), and gossip rounds run a real gossip simulation (push, or push then pull) with loss.
 
 Nodes choose peers and gossip settings uniformly at random (they log exploration), which makes
 every logged fetch usable for an unbiased replay evaluation of the bandit.
@@ -164,21 +164,19 @@ class PeerWorld:
         return ok, round(float(latency if ok else latency * 3), 3)
 
 
-def gossip_round(n: int, fanout: int, ttl: int, loss: float, rng: np.random.Generator
-                 ) -> tuple[float, int]:
-    """Push gossip from one origin (see :func:`pakit_stream.replay.gossip.broadcast`), without
-    latencies: ``(coverage, messages sent)``."""
+def gossip_round(n: int, fanout: float, ttl: int, loss: float, rng: np.random.Generator,
+                 mode: str = "push", pull: int = 0) -> tuple[float, int, int]:
+    """One broadcast from one origin (see :func:`pakit_stream.replay.gossip.broadcast`),
+    without latencies: ``(coverage, payload messages, control messages)``."""
     from pakit_stream.replay.gossip import broadcast
 
-    coverage, messages, _ = broadcast(n, fanout, ttl, loss, rng)
-    return coverage, messages
+    spread = broadcast(n, fanout, ttl, loss, rng, mode=mode, pull=pull)
+    return spread.coverage, spread.payload, spread.control
 
 
 class NodeSimulator:
     """Telemetry of ``n_nodes`` nodes sharing a block population, as event dicts."""
 
-    FANOUTS = (2, 3, 4, 5, 6, 8, 10)
-    TTLS = (3, 4, 5, 6, 8, 10, 12)
 
     def __init__(self, blocks: list[Block], n_nodes: int = 4, seed: int = 7,
                  cache_blocks: int = 200) -> None:
@@ -240,14 +238,17 @@ class NodeSimulator:
                    "success": ok, "latency_ms": latency, "block_size": b.size, "context": ctx}
 
     def gossip_events(self, n: int) -> Iterator[dict]:
+        from pakit_stream.learners.network import ACTIONS
+
         for _ in range(n):
             size = int(self.rng.choice([20, 50, 100, 200, 500]))
             loss = float(self.rng.choice([0.0, 0.02, 0.1]))
-            fanout = int(self.rng.choice(self.FANOUTS))
-            ttl = int(self.rng.choice(self.TTLS))
-            coverage, messages = gossip_round(size, fanout, ttl, loss, self.rng)
+            mode, fanout, ttl, pull = ACTIONS[int(self.rng.integers(len(ACTIONS)))]
+            coverage, payload, control = gossip_round(size, fanout, ttl, loss, self.rng, mode,
+                                                      pull)
             yield {"event_type": "gossip_round", "node_id": self.nodes[0], "ts": time.time(),
                    "network_size": size, "avg_latency_ms": round(float(self.rng.uniform(10, 150)), 2),
                    "message_loss_rate": loss, "fanout": fanout, "ttl": ttl,
-                   "coverage": coverage, "messages_sent": messages}
+                   "coverage": coverage, "messages_sent": payload, "mode": mode,
+                   "pull_rounds": pull, "control_messages": control}
 

@@ -64,7 +64,7 @@ def test_demo_runs_end_to_end_on_given_files(tmp_path):
                           "--source", str(source), "--data-dir", str(tmp_path / "store")],
                          capture_output=True, text=True, timeout=240, env=_env())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for line in ("peer bandit: mean fetch latency", "gossip Q-learner", "dedup LSH",
+    for line in ("peer bandit: mean fetch latency", "gossip: coverage", "dedup LSH",
                  "prefetch: next block in top 5", "events learned from"):
         assert line in out.stdout
     assert (tmp_path / "store" / "checkpoints" / "daemon.ckpt").exists()

@@ -93,3 +93,15 @@ def test_broker_outage_loses_nothing(tmp_path):
         assert {ev.block_hash(i) for i in range(20, 35)} <= hashes_in(records)
     c.close()
 
+
+
+def test_reads_carry_their_position_and_a_file_name_is_refused(tmp_path):
+    with TelemetryCollector(tmp_path / "t.db", node_id="node-z") as c:
+        c.record(event_type="block_accessed", block_hash=ev.block_hash(1), cache_hit=False,
+                 latency_ms=2.0, object_id=ev.block_hash(900), chunk_index=17, chunk_count=2)
+        [read] = c.get_events("block_accessed")
+        assert (read["object_id"], read["chunk_index"], read["chunk_count"]) == (
+            ev.block_hash(900), 17, 2)
+        with pytest.raises(PrivacyViolation):  # a path names content; a digest does not
+            c.record(event_type="block_accessed", block_hash=ev.block_hash(1), cache_hit=False,
+                     latency_ms=2.0, object_id="/home/me/thesis.pdf", chunk_index=0)

@@ -119,3 +119,15 @@ def test_read_positions_are_optional_and_come_together():
     half = {**ev.accessed(3), "chunk_index": 3}  # an index without its object names nothing
     [r] = dec.decode(ev.raw(half)).rejects
     assert "come together" in r.reason
+
+
+def test_gossip_mode_and_control_messages_are_optional():
+    dec = EventDecoder("pakit.gossip")
+    old = dec.decode(ev.raw(ev.gossip(2))).events[0]  # a producer that only pushes
+    assert (old.mode, old.pull_rounds, old.control_messages) == ("push", 0, 0)
+    pulled = {**ev.gossip(2), "mode": "push-pull", "fanout": 1.5, "pull_rounds": 4,
+              "control_messages": 800}
+    e = dec.decode(ev.raw(pulled)).events[0]
+    assert (e.mode, e.fanout, e.pull_rounds, e.control_messages) == ("push-pull", 1.5, 4, 800)
+    [r] = dec.decode(ev.raw({**pulled, "mode": "flood"})).rejects
+    assert r.kind == "invalid" and "mode" in r.reason

@@ -360,29 +360,75 @@ def test_an_attached_net_competes_as_an_expert():
 
 
 # -- network ---------------------------------------------------------------------------------
-def test_q_learner_finds_the_cheapest_setting_that_covers_everyone():
-    opt = NetworkOptimizer(epsilon=0.0)
-    rng = random.Random(0)
-    for _ in range(3000):
-        fanout, ttl = rng.choice([2, 3, 4, 6, 8]), rng.choice([3, 5, 10])
-        coverage = 1.0 if fanout >= 4 and ttl >= 5 else 0.8
-        opt.learn_round(300, 50.0, 0.0, fanout, ttl, coverage, fanout * 300)
-    best = opt.predict({"network_size": 300, "avg_latency_ms": 50.0, "message_loss_rate": 0.0})
-    # messages depend on fanout only, so any TTL that covers everyone (5 or 10) is optimal
-    assert best["fanout"] == 4 and best["ttl"] in (5, 10) and best["source"] == "learned"
+def _logged_rounds(opt, n_rounds, sizes, losses, seed=0):
+    from pakit_stream.replay.gossip import broadcast
+
+    rng = np.random.default_rng(seed)
+    for _ in range(n_rounds):
+        n, loss = int(rng.choice(sizes)), float(rng.choice(losses))
+        mode, f, t, pull = opt.random_action(rng)
+        s = broadcast(n, f, t, loss, rng, mode=mode, pull=pull)
+        opt.learn_round(n, 50.0, loss, f, t, s.coverage, s.payload, mode, pull, s.control)
 
 
-def test_unvisited_state_backs_off_to_similar_states_then_all():
+def test_mean_field_tracks_push_and_push_pull():
+    from pakit_stream.learners.network import mean_field
+
+    short, payload = mean_field(10_000, 6, 10, 0.0)
+    assert short == pytest.approx(math.exp(-6 * (1 - short)), rel=0.05)  # 1 - c = e^(-f c)
+    assert payload == pytest.approx(6 * (1 - short), rel=0.01)
+    lossy, _ = mean_field(10_000, 6, 10, 0.5)
+    assert lossy > short  # loss thins the fanout
+    little, _ = mean_field(10_000, 1, 3, 0.0)
+    pulled, more = mean_field(10_000, 1, 3, 0.0, "push-pull", 14)
+    assert little > 0.99 and pulled < 1e-3 and 1 < more < 1.5  # about a payload per node
+
+
+def test_gossip_learner_picks_the_cheapest_setting_that_reaches_the_target():
+    """Learned from logged random broadcasts: it must pick a setting that really reaches
+    99.5% and costs less than push 6/10, in a network size it never saw."""
+    from pakit_stream.replay.gossip import broadcast
+
     opt = NetworkOptimizer(epsilon=0.0)
-    for _ in range(10):
-        opt.learn_round(100, 20.0, 0.0, 3, 5, 1.0, 300)
-    near = opt.predict({"network_size": 110, "avg_latency_ms": 500.0, "message_loss_rate": 0.3})
-    far = opt.predict({"network_size": 5000, "avg_latency_ms": 20.0, "message_loss_rate": 0.0})
-    assert (near["fanout"], near["ttl"]) == (far["fanout"], far["ttl"]) == (3, 5)
+    _logged_rounds(opt, 1500, sizes=(50, 100, 400, 800), losses=(0.0, 0.05))
+    hint = opt.predict({"network_size": 200, "avg_latency_ms": 50.0, "message_loss_rate": 0.02})
+    assert hint["source"] == "learned" and hint["expected_coverage"] >= 0.995
+    rng = np.random.default_rng(9)
+    runs = [broadcast(200, hint["fanout"], hint["ttl"], 0.02, rng, mode=hint["mode"],
+                      pull=hint["pull_rounds"]) for _ in range(200)]
+    assert np.mean([r.coverage for r in runs]) >= 0.99
+    cost = np.mean([r.payload + opt.control_cost * r.control for r in runs]) / 200
+    assert cost < 0.7 * 6  # push 6/10 sends six per node
+    assert hint["expected_payload_per_node"] == pytest.approx(
+        np.mean([r.payload for r in runs]) / 200, rel=0.35)
+
+
+def test_gossip_choice_weighs_every_action_as_expect_does():
+    """The hint scores all actions at once (numpy); it must pick what scoring them one by one
+    with :meth:`expect` picks."""
+    opt = NetworkOptimizer(epsilon=0.0)
+    _logged_rounds(opt, 600, sizes=(50, 200, 1000), losses=(0.0, 0.1))
+    goal = math.log10(1 - opt.coverage_target)
+    for n, loss in ((80, 0.0), (300, 0.05), (3000, 0.1)):
+        scored = [(opt.expect(n, 50.0, loss, a), a) for a in opt.actions]
+        feasible = [(e["cost_per_node"], a) for e, a in scored if e["log10_shortfall_bound"] <= goal]
+        want = min(feasible)[1] if feasible else min(
+            (e["log10_shortfall"], a) for e, a in scored)[1]
+        assert opt._choose(n, 50.0, loss)[0] == want
+
+
+def test_gossip_learner_falls_back_until_it_has_seen_enough_rounds():
+    opt = NetworkOptimizer(min_rounds=50)
+    _logged_rounds(opt, 49, sizes=(100,), losses=(0.0,))
+    assert opt.predict({"network_size": 100})["source"] == "fallback"
+    _logged_rounds(opt, 1, sizes=(100,), losses=(0.0,))
+    assert opt.predict({"network_size": 100})["source"] == "learned"
+    with pytest.raises(ValueError, match="unknown gossip mode"):
+        opt.learn_round(100, 1.0, 0.0, 6, 10, 1.0, 600, mode="flood")
 
 
 def test_exploration_rate_is_respected():
-    opt = NetworkOptimizer(epsilon=0.5, seed=1)
+    opt = NetworkOptimizer(epsilon=0.5, seed=1, min_rounds=1)
     opt.learn_round(100, 20.0, 0.0, 3, 5, 1.0, 300)
     sources = [opt.predict({"network_size": 100}, explore=True)["source"] for _ in range(400)]
     assert 0.4 < sources.count("explore") / 400 < 0.6
@@ -684,11 +730,56 @@ def test_prefetcher_prequential_score_counts_proposals_made_before_each_read():
 
 
 def test_prefetcher_is_bounded():
-    p = Prefetcher(max_nodes=3, max_streams=4, max_positions=10, successor_capacity=10)
+    p = Prefetcher(max_nodes=3, max_streams=4, max_positions=10, successor_capacity=10,
+                   max_scored_nodes=2)
     for i in range(100):
         _read(p, f"node-{i % 7}", i, obj=f"{i % 9:064x}")
-    assert len(p._streams) <= 4 and len(p._last) <= 3 and len(p._outcomes) <= 3
+    assert len(p._streams) <= 4 and len(p._last) <= 3 and len(p._cached) <= 3
+    assert len(p._outcomes) <= 2  # proposals are scored for the most recently active nodes
     assert len(p._hash_at) <= 10 and len(p._position) <= 10 and len(p.successors) <= 10
+    open_entries = sum(len(o.queue) for o in p._outcomes.values())
+    assert open_entries <= 2 * p.horizon * 4 * p.max_k  # nodes x horizon x sources x ranks
+
+
+def test_a_restored_prefetcher_keeps_learning_and_proposing(tmp_path):
+    p = Prefetcher(ModelConfig(key=KEY))
+    for i in range(50):
+        _read(p, "n", i)
+    p.save(tmp_path / "p.pkl")
+    restored = Prefetcher(ModelConfig(key=KEY)).load(tmp_path / "p.pkl")
+    for i in range(50, 60):  # a restored learner reads on, as after a daemon restart
+        _read(restored, "n", i)
+    assert [x.chunk_index for x in restored.propose("n", k=2)] == [60, 61]
+
+
+def test_a_proposal_counts_only_if_read_within_the_horizon():
+    p = Prefetcher(horizon=1)
+    for block in ("a", "b", "a", "x", "b"):  # b follows a two reads later: too late
+        p.observe("n", _h(ord(block)))
+    assert p.calibration()["successor"] == {"scored": 1.0, "read_share": 0.0}
+    p.observe("n", _h(ord("a")))
+    p.observe("n", _h(ord("b")))  # now b follows at once
+    assert p.calibration()["successor"]["read_share"] > 0  # (b -> a and a -> b: two hits)
+
+
+def test_a_node_without_positions_is_credited_for_blocks_proposed_by_position():
+    p = Prefetcher()
+    obj = "c" * 64
+    for i in range(3):  # a node that sends positions makes them known
+        p.observe("with", _h(i), obj, i)
+    for _ in range(40):  # a node that sends none reads the same blocks, over and over
+        for i in range(3):
+            p.observe("without", _h(i))
+    assert p.calibration()["successor"]["read_share"] > 0.9
+    assert [x.block_hash for x in p.propose("without", k=1)] == [_h(0)]
+
+
+def test_a_falling_stride_stops_at_the_start_of_the_object():
+    p = Prefetcher()
+    for index in (20, 17, 14, 11, 8, 5):
+        _read(p, "n", index)
+    assert all(x.chunk_index >= 0 for x in p.propose("n", k=8))
+    assert [x.chunk_index for x in p.propose("n", k=1)] == [2]
 
 
 def test_step_net_joins_the_learner_and_is_judged_inside_it(tmp_path):

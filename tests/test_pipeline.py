@@ -138,7 +138,14 @@ def test_an_older_checkpoint_s_successor_table_joins_the_prefetcher():
     snap = p.snapshot()
     learners = dict(snap["learners"])
     table = learners.pop("prefetcher").successors
-    snap["learners"] = {**learners, "successors": table}  # as versions before positions saved
+    # as versions before positions saved it: the table alone, its figure under another name,
+    # and a gossip learner of another shape
+    snap["learners"] = {**learners, "successors": table, "network": object()}
+    snap["quality"] = {("successor_hit5" if k == "prefetch_hit5" else k): v
+                       for k, v in snap["quality"].items()}
     fresh = Pipeline(Settings())
     fresh.restore(snap)
     assert fresh.prefetcher.successors is table and table.n_updates > 0
+    assert fresh.network.rounds == {"push": 0, "push-pull": 0}  # a fresh gossip learner
+    fresh.handle("pakit.gossip", 0, 99, ev.pack([ev.gossip(i) for i in range(3)]))
+    assert fresh.network.rounds["push"] == 3

@@ -43,9 +43,12 @@ def test_the_daemon_exports_only_private_releases_and_not_too_often():
     assert private.stats()["quality"]["cache_hit"] == round(first, 6)  # /health: the same release
     private.handle("pakit.access", 0, 1, ev.pack([ev.accessed(i) for i in range(30, 60)]))
     assert gauge(private) == first  # within dp_release_s: no new release, no new epsilon spent
-    private._released.clear()  # the interval has passed
-    private.handle("pakit.access", 0, 2, ev.pack([ev.accessed(60)]))
-    assert gauge(private) != first
+    releases = set()
+    for offset in range(2, 8):  # each time the interval has passed, a fresh noisy release
+        private._released.clear()
+        private.handle("pakit.access", 0, offset, ev.pack([ev.accessed(60 + offset)]))
+        releases.add(gauge(private))
+    assert releases - {first}  # (one release may clip to the same bound as the first)
 
 
 def test_blocks_read_by_fewer_than_k_nodes_never_reach_the_prefetch_model(tmp_path):

@@ -217,24 +217,51 @@ def test_broadcast_coverage_and_messages():
     rng = np.random.default_rng(3)
     assert broadcast(50, fanout=4, ttl=0, loss=0.0, rng=rng)[:2] == (1 / 50, 0)
     assert broadcast(50, fanout=4, ttl=5, loss=1.0, rng=rng)[:2] == (1 / 50, 4)
-    cov, msgs, _ = broadcast(500, fanout=8, ttl=10, loss=0.0, rng=rng)
-    assert cov > 0.99 and msgs == pytest.approx(8 * cov * 500, rel=0.05)
+    cov, msgs, _, control = broadcast(500, fanout=8, ttl=10, loss=0.0, rng=rng)
+    assert cov > 0.99 and msgs == pytest.approx(8 * cov * 500, rel=0.05) and control == 0
     # over a matrix: unmeasured links lose messages; hops take half an RTT
     rtt = np.full((4, 4), 100.0)
-    cov, _, done_ms = broadcast(200, 8, 10, 0.0, rng, rtt, rng.integers(0, 4, 200))
+    cov, _, done_ms, _ = broadcast(200, 8, 10, 0.0, rng, rtt, rng.integers(0, 4, 200))
     assert cov > 0.99 and 50 <= done_ms <= 50 * 10
     dead = np.full((4, 4), np.nan)
     hosts = np.arange(200) % 4  # no two nodes share a host with node 0 ... except every 4th
-    cov, _, _ = broadcast(200, 8, 10, 0.0, rng, dead, hosts)
+    cov = broadcast(200, 8, 10, 0.0, rng, dead, hosts).coverage
     assert cov < 0.5  # only nodes on the origin's own host can be reached
+
+
+def test_a_fractional_fanout_sends_the_fraction_on_average():
+    rng = np.random.default_rng(4)
+    # TTL 1: only the origin forwards; 2.5 sends 2 or 3
+    sent = [broadcast(100, 2.5, 1, 0.0, rng).payload for _ in range(2000)]
+    assert set(sent) == {2, 3} and np.mean(sent) == pytest.approx(2.5, abs=0.05)
+
+
+def test_push_pull_reaches_the_rest_with_one_payload_per_missing_node():
+    rng = np.random.default_rng(5)
+    push = broadcast(1000, 1, 3, 0.0, rng)
+    assert push.coverage < 0.05 and push.control == 0
+    both = broadcast(1000, 1, 3, 0.0, rng, mode="push-pull", pull=12)
+    # anti-entropy: two digests per node and round; a payload only crosses to a node that
+    # lacks it (a pull and a push reaching one node in the same round are the only duplicates)
+    assert both.coverage == 1.0 and both.control == 2 * 1000 * 12
+    assert 999 <= both.payload - 3 <= 1.5 * 1000
+    lossy = broadcast(1000, 1, 3, 0.5, rng, mode="push-pull", pull=4)
+    assert lossy.coverage < both.coverage and lossy.control == 2 * 1000 * 4
+    with pytest.raises(ValueError, match="unknown gossip mode"):
+        broadcast(10, 1, 1, 0.0, rng, mode="flood")
 
 
 def test_gossip_replay_emits_valid_rounds_over_the_matrix():
     replay = GossipReplay(RttMatrix(_matrices(), unit="s"), seed=0)
-    rounds = list(replay.rounds([20, 2000], [0.0, 0.1], [2, 6], [3, 10], per_slice=2))
+    actions = [("push", 6, 10, 0), ("push", 2.5, 3, 0), ("push-pull", 1.5, 2, 4)]
+    rounds = list(replay.rounds([20, 2000], [0.0, 0.1], actions, per_slice=2))
     assert len(rounds) == 24 and all(valid(r) for r in rounds)
     assert {r["network_size"] for r in rounds} <= {20, 2000}
     assert all(10 <= r["avg_latency_ms"] <= 300 for r in rounds)
+    pulled = [r for r in rounds if r.get("mode") == "push-pull"]
+    assert pulled and all(r["pull_rounds"] == 4 and r["control_messages"] == 2 * 4 *
+                          r["network_size"] for r in pulled)
+    assert all("mode" not in r for r in rounds if r["fanout"] in (6, 2.5))  # old shape for push
 
 
 # -- the command -------------------------------------------------------------------------------

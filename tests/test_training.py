@@ -225,9 +225,17 @@ def test_numpy_serving_gives_torchs_answers(tmp_path, codec_dataset):
 
 
 def test_numpy_gru_serving_gives_torchs_answers(tmp_path):
+    from pakit_stream.exceptions import ModelLoadError
     from pakit_stream.serving.prefetch import ServedPrefetchModel
 
-    seqs = loop_sequences(n_loops=6, length=10, repeats=8)
+    blocks = loop_sequences(n_loops=6, length=10, repeats=8)
+    by_ids = PrefetchEngine(max_vocab_size=200, hidden_dim=8, embed_dim=4)
+    by_ids.train(blocks, TrainingConfig(num_epochs=1))
+    by_ids.save(tmp_path / "ids.safetensors")
+    with pytest.raises(ModelLoadError, match="not chunk-index steps"):
+        ServedPrefetchModel(tmp_path / "ids.safetensors")  # the daemon serves step nets only
+    # the daemon's net reads steps: tokens that are integers
+    seqs = [[str(int(b, 16) % 997 - 400) for b in seq] for seq in blocks]
     engine = PrefetchEngine(max_vocab_size=200, hidden_dim=32, embed_dim=16)
     engine.train(seqs, TrainingConfig(num_epochs=5))
     engine.version = "p1"

@@ -1,10 +1,13 @@
-"""Which blocks to prefetch: a GRU over recent block ids, with a Markov fallback.
+"""What comes next in a sequence of tokens: a GRU, with a Markov fallback.
 
-The vocabulary is the ``max_vocab_size - 1`` most frequent blocks of the training sequences;
-id 0 stands for every other block (and for padding). The net reads the last ``context_len``
-accesses and scores every vocabulary block as the next one. When there is no net yet, or the
-last block is outside the vocabulary, a first-order successor table learned on the same
-sequences answers instead.
+The guide's prefetch engine: trained on sequences of block ids it names the next block; the
+daemon trains it on the **steps** between reads of one object
+(:func:`~pakit_stream.learners.prefetch.delta_sequences`), so that it names the next step, which
+generalises to blocks it never saw. The vocabulary is the ``max_vocab_size - 1`` most frequent
+tokens of the training sequences; id 0 stands for every other token (and for padding). The net
+reads the last ``context_len`` tokens and scores every vocabulary token as the next one. When
+there is no net yet, or the last token is outside the vocabulary, a first-order successor table
+learned on the same sequences answers instead.
 
 >>> engine = PrefetchEngine(max_vocab_size=50)
 >>> seqs = [["a", "b", "c", "d"] * 30, ["x", "y", "z"] * 30]

@@ -123,7 +123,8 @@ def evaluate_trace(ids: np.ndarray, *, k: int = 5, depth: int = 2, max_test: int
     train_reads, test_reads = reads[:cut], reads[cut:cut + max_test]
 
     # the step net, trained and gated as the daemon's retrainer does it
-    params = {"min_confidence": min_confidence, "horizon": horizon}
+    params = {"min_confidence": min_confidence, "horizon": horizon,
+              "successor_capacity": 1_000_000}
     gate_cut = int(len(train_reads) * 0.9)
     engine = PrefetchEngine(max_vocab_size=max_vocab)
     net, gate = None, {}
@@ -142,7 +143,7 @@ def evaluate_trace(ids: np.ndarray, *, k: int = 5, depth: int = 2, max_test: int
             net = candidate
     gate["net_served"] = net is not None
 
-    ours = Prefetcher(successor_capacity=1_000_000, **params)
+    ours = Prefetcher(**params)
     ours.net = net
     for r in train_reads:
         ours.observe(*r)

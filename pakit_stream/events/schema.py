@@ -13,7 +13,7 @@ length- and pattern-bounded, and block ids must be 64-character hex digests.
 
 from __future__ import annotations
 
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -142,10 +142,13 @@ class GossipRound(Event, tag="gossip_round"):
     network_size: Annotated[int, Meta(ge=1, le=10_000_000)]
     avg_latency_ms: Millis
     message_loss_rate: Fraction
-    fanout: Hop
+    fanout: Annotated[float, Meta(ge=0, le=1024)]
     ttl: Hop
     coverage: Fraction
     messages_sent: Count
+    mode: Literal["push", "push-pull"] = "push"
+    pull_rounds: Annotated[int, Meta(ge=0, le=1024)] = 0
+    control_messages: Count = 0
 
 
 class _Untyped(Event, tag="__untyped__"):

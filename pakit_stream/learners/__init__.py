@@ -1,6 +1,7 @@
 """Online learners, updated per event: peers (bandit), codec (cost tables and experts),
-network (Q-learning), dedup (LSH), prefetch (runs, strides, successors and the step net, each
-scored by how often it came true), successors (the Markov table prefetch builds on)."""
+network (a River Q-function pooled across states), dedup (LSH), prefetch (runs, strides,
+successors and the step net, each scored by how often it came true), successors (the Markov
+table prefetch builds on)."""
 
 from pakit_stream.learners.codec import CodecCostModel
 from pakit_stream.learners.dedup import DeduplicationOptimizer

@@ -1,13 +1,17 @@
-"""What to prefetch: stream strides, block successors and a delta net, ranked by how often each
-kind of proposal has come true.
+"""What to prefetch: sequential runs, stream strides, block successors and a step net, ranked by
+how often each kind of proposal has come true.
 
-Three kinds of evidence, each learned per access:
+Four kinds of evidence, each learned per access:
 
+``next``
+    per (node, object) stream, whether a read starts where a recent one ended (a sequential run,
+    even with other reads in between, as AMP detects them): it proposes the next reads of the
+    same size. It needs the optional ``object_id`` and ``chunk_index`` of ``block_accessed``
+    (and uses ``chunk_count``).
 ``stride``
     per (node, object) stream, the most frequent step among the last ``window`` steps of
     ``chunk_index`` (the majority trend of Leap, ATC '20, of which "next block" is the case
-    step = 1): it proposes ``index + j * step`` for ``j = 1..k``. It needs the optional
-    ``object_id`` and ``chunk_index`` of ``block_accessed``.
+    step = 1): it proposes ``index + j * step`` for ``j = 1..k``; it needs positions too.
 ``successor``
     the online first-order successor table over block hashes
     (:class:`~pakit_stream.learners.successors.SuccessorTable`): what followed this block before.
@@ -16,15 +20,18 @@ Three kinds of evidence, each learned per access:
     next **step** (Hashemi et al., ICML 2018), so that it generalises to blocks it never saw.
 
 Every proposal falls in a bucket (its source, its rank, and how strong its own evidence is: the
-stride's support in the window, the successor's share and count, the net's probability). Each
+run's length, the stride's support in the window, the successor's share and count, the net's
+probability). A proposal two sources name falls in both. Each
 bucket keeps a decayed count of how many of its proposals the node read within ``horizon``
-accesses: that share is the proposal's confidence, calibrated online on the node's own reads.
-The ``k`` slots go to the most confident proposals; proposals below ``min_confidence`` are
+accesses: that share is the proposal's confidence, calibrated online on the nodes' own reads
+(proposals are scored for the ``max_scored_nodes`` most recently active nodes; the buckets are
+shared by all). The ``k`` slots go to the most confident proposals; proposals below ``min_confidence`` are
 dropped, so on a stream where nothing comes true nothing is prefetched (and the cache behaves as
 LRU without prefetching).
 
-One object answers the daemon's hint, the retrain gates and ``pakit-stream evaluate``: what is
-judged is what is served.
+One class answers the daemon's hint, the retrain gates and ``pakit-stream evaluate``: the gates
+(:func:`judge_net`) build it as the daemon does and warm it on the daemon's window, so what is
+judged is the served learner, bar the calibration history the daemon has beyond that window.
 
 >>> p = Prefetcher(min_confidence=0.3)
 >>> for i in range(40):
@@ -136,11 +143,13 @@ class Prefetcher(OnlineModel):
                  horizon: int = 16, min_confidence: float = 0.1, max_k: int = 8,
                  successor_capacity: int = 200_000, max_nodes: int = 100_000,
                  max_streams: int = 100_000, max_positions: int = 200_000,
-                 halflife: float = 2_000.0, prior: float = 4.0) -> None:
+                 max_scored_nodes: int = 4096, halflife: float = 2_000.0,
+                 prior: float = 4.0) -> None:
         super().__init__(model_config)
         self.window, self.horizon, self.min_confidence = window, horizon, min_confidence
         self.max_k, self.max_nodes, self.max_streams = max_k, max_nodes, max_streams
         self.max_positions, self.prior = max_positions, prior
+        self.max_scored_nodes = max_scored_nodes
         self.decay = 0.5 ** (1.0 / halflife)
         self.successors = SuccessorTable(capacity=successor_capacity, max_nodes=max_nodes)
         self._net = None
@@ -151,7 +160,7 @@ class Prefetcher(OnlineModel):
         self._outcomes: OrderedDict[str, _Outcomes] = OrderedDict()
         # bucket, and source -> [read, proposed], decayed
         self._calibration: dict[Any, list[float]] = {}
-        self._cached: dict[str, dict] = {}
+        self._cached: OrderedDict[str, dict] = OrderedDict()
 
     @property
     def net(self):
@@ -192,8 +201,9 @@ class Prefetcher(OnlineModel):
                            self.max_positions)
         self._remember(self._last, node_id, (block_hash, object_id, chunk_index), self.max_nodes)
         candidates = self._candidates(node_id, self.max_k)
-        self._cached[node_id] = candidates
-        self._open(node_id, candidates)
+        self._remember(self._cached, node_id, candidates, self.max_nodes)
+        if node_id in self._outcomes:
+            self._open(node_id, candidates)
         self.n_updates += 1
 
     def learn_record(self, record: Mapping[str, Any]) -> None:
@@ -214,16 +224,12 @@ class Prefetcher(OnlineModel):
         table[key] = value
 
     def _score(self, node_id: str, block_hash: str, object_id, chunk_index) -> None:
-        out = self._bounded(self._outcomes, node_id, self.max_nodes)
+        out = self._bounded(self._outcomes, node_id, self.max_scored_nodes)
         if out is None:
             out = self._outcomes[node_id] = _Outcomes()
         out.clock += 1
-        for key in (block_hash, (object_id, chunk_index)):
-            for pid, bucket in out.open.pop(key, ()):
-                self._credit(bucket, 1.0)
-                out.read.add(pid)
         queue, clock = out.queue, out.clock
-        while queue and queue[0][0] < clock:
+        while queue and queue[0][0] < clock:  # not read within the horizon: a miss
             _, pid, key = queue.popleft()
             if pid in out.read:
                 out.read.discard(pid)
@@ -236,6 +242,13 @@ class Prefetcher(OnlineModel):
             if not waiting:
                 del out.open[key]
             self._credit(bucket, 0.0)
+        position = (object_id, chunk_index)
+        if object_id is None:  # a node without positions reads a block proposed by position
+            position = self._position.get(block_hash)
+        for key in (block_hash, position):
+            for pid, bucket in out.open.pop(key, ()):
+                self._credit(bucket, 1.0)
+                out.read.add(pid)
 
     def _credit(self, bucket: tuple, read: float) -> None:
         d = self.decay
@@ -310,6 +323,8 @@ class Prefetcher(OnlineModel):
         return out
 
     def _add(self, out, object_id, index, bucket, block_hash) -> None:
+        if index is not None and index < 0:
+            return  # before the object's start: no such chunk
         if object_id is not None and index is not None:
             key = (object_id, index)
             block_hash = block_hash or self._hash_at.get(key)
@@ -339,12 +354,16 @@ class Prefetcher(OnlineModel):
             candidates = self._candidates(node_id, self.max_k)
         ranked = []
         for proposal, buckets in candidates.values():
-            c = max(self.confidence(b) for b in buckets)
-            if c >= self.min_confidence:
+            c, source = max((self.confidence(b), b[0]) for b in buckets)
+            if c >= self.min_confidence:  # named by the surest of the sources that name it
                 ranked.append(Proposal(proposal.block_hash, proposal.object_id,
-                                       proposal.chunk_index, c, proposal.source))
+                                       proposal.chunk_index, c, source))
         ranked.sort(key=lambda p: -p.confidence)
         return ranked[:k]
+
+    def knows(self, node_id: str) -> bool:
+        """Whether this learner has seen a read of ``node_id`` (and so proposes for it)."""
+        return node_id in self._last
 
     def hit(self, node_id: str, block_hash: str, object_id: str | None = None,
             chunk_index: int | None = None, k: int = 5) -> bool:
@@ -402,7 +421,7 @@ class Prefetcher(OnlineModel):
 
     def __getstate__(self):
         state = super().__getstate__()
-        state["_cached"] = {}
+        state["_cached"] = OrderedDict()  # proposals are remade at the next read
         state["_net"] = None  # the batch model is loaded from the registry, not checkpointed
         return state
 

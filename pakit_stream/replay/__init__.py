@@ -6,7 +6,8 @@
   per line, CSV, uint32 in either byte order) replayed through an LRU cache.
 * :mod:`~pakit_stream.replay.latency`: time-sliced RTT matrices between real hosts, and a peer
   simulator whose fetch latencies come from the matrix at the current slice.
-* :mod:`~pakit_stream.replay.gossip`: push gossip with fanout, TTL and loss over such a matrix.
+* :mod:`~pakit_stream.replay.gossip`: push and push-pull gossip with loss over such a matrix,
+  payload and control messages counted apart.
 
 Each yields plain event dicts of the contract (``docs/events.md``), so the same stream can be
 published to Kafka (``pakit-stream replay``) or fed to the learners directly (``pakit-stream

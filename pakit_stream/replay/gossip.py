@@ -125,27 +125,32 @@ class GossipReplay:
         hosts = self.matrix.hosts
         return self.rng.choice(hosts, n, replace=n > hosts)
 
-    def round(self, t: int, n: int, loss: float, fanout: int, ttl: int, node_id: str = "node-0"
-              ) -> dict:
+    def round(self, t: int, n: int, loss: float, fanout: float, ttl: int,
+              node_id: str = "node-0", mode: str = "push", pull: int = 0) -> dict:
         if self.matrix is None:
-            coverage, messages, _ = broadcast(n, fanout, ttl, loss, self.rng)
+            spread = broadcast(n, fanout, ttl, loss, self.rng, mode=mode, pull=pull)
             latency = 0.0
         else:
             hosts = self.layout(n)
             rtt = self.matrix.ms[t % self.matrix.slices]
-            coverage, messages, _ = broadcast(n, fanout, ttl, loss, self.rng, rtt, hosts)
+            spread = broadcast(n, fanout, ttl, loss, self.rng, rtt, hosts, mode=mode, pull=pull)
             sample = rtt[np.ix_(hosts[:64], hosts[:64])]
             latency = float(np.nanmean(sample)) if np.isfinite(sample).any() else 0.0
-        return {"event_type": "gossip_round", "node_id": node_id, "ts": float(t),
-                "network_size": n, "avg_latency_ms": round(latency, 3), "message_loss_rate": loss,
-                "fanout": fanout, "ttl": ttl, "coverage": coverage, "messages_sent": messages}
+        event = {"event_type": "gossip_round", "node_id": node_id, "ts": float(t),
+                 "network_size": n, "avg_latency_ms": round(latency, 3),
+                 "message_loss_rate": loss, "fanout": fanout, "ttl": ttl,
+                 "coverage": spread.coverage, "messages_sent": spread.payload}
+        if mode != "push":
+            event.update(mode=mode, pull_rounds=pull, control_messages=spread.control)
+        return event
 
-    def rounds(self, sizes, losses, fanouts, ttls, per_slice: int = 1) -> Iterator[dict]:
+    def rounds(self, sizes, losses, actions, per_slice: int = 1) -> Iterator[dict]:
         """Logged exploration: at every slice, ``per_slice`` broadcasts with a random network
-        size, loss rate and (fanout, TTL) from the given choices."""
+        size, loss rate and action ``(mode, fanout, ttl, pull rounds)`` from the given ones."""
         slices = self.matrix.slices if self.matrix is not None else 1
-        pick = self.rng.choice
+        rng = self.rng
         for t in range(slices):
             for _ in range(per_slice):
-                yield self.round(t, int(pick(sizes)), float(pick(losses)), int(pick(fanouts)),
-                                 int(pick(ttls)))
+                mode, fanout, ttl, pull = actions[int(rng.integers(len(actions)))]
+                yield self.round(t, int(rng.choice(sizes)), float(rng.choice(losses)), fanout,
+                                 ttl, mode=mode, pull=pull)

@@ -3,13 +3,15 @@
 Agents apply each Kafka message synchronously on the event loop, so between two messages the
 learners are always in a consistent state; a hint is computed in one synchronous step at such a
 point and never awaits event processing. Each hint says where its answer came from: ``learned``,
-``explore`` (gossip exploration) or ``fallback`` (random peer; fanout 6 / TTL 10; exact match only).
+``explore`` (gossip exploration) or ``fallback`` (random peer; push with fanout 6 / TTL 10; exact
+match only; nothing to prefetch).
 
 >>> from pakit_stream.settings import Settings
 >>> from pakit_stream.pipeline import Pipeline
 >>> hints = HintService(Pipeline(Settings()))
->>> hints.network(b'{"network_size": 100, "avg_latency_ms": 30, "message_loss_rate": 0.0}')
-{'fanout': 6, 'ttl': 10, 'source': 'fallback', 'expected_reward': None}
+>>> hint = hints.network(b'{"network_size": 100, "avg_latency_ms": 30, "message_loss_rate": 0}')
+>>> hint["mode"], hint["fanout"], hint["ttl"], hint["pull_rounds"], hint["source"]
+('push', 6, 10, 0, 'fallback')
 >>> hints.peer(b'{"node_id": "n1", "available_peers": []}')
 Traceback (most recent call last):
 ...

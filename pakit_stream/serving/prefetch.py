@@ -29,6 +29,11 @@ class ServedPrefetchModel:
         meta, w = read_model_file(path, "PrefetchEngine")
         self.version = meta.get("version")
         self.vocab: list[str] = meta["vocab"]
+        try:  # the daemon's net names steps; a net over block ids (older versions) cannot serve
+            [int(step) for step in self.vocab[1:]]
+        except (TypeError, ValueError):
+            raise ModelLoadError(f"{path}: its vocabulary is not chunk-index steps (a model "
+                                 "over block ids, from an older version?)") from None
         self.index = {b: i for i, b in enumerate(self.vocab) if i}
         self.context_len = int(meta["context_len"])
         try:
