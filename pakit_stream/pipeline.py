@@ -403,7 +403,9 @@ class Pipeline:
             self.codec = learners["codec"]
             self.codec_model = self._codec_model  # the serving net rejoins the experts
         self.codec_window.extend(snap["codec_window"])
-        self.access_window.extend(snap.get("access_window", ()))
+        # reads: (node, block, object, index, count); older versions kept (node, block)
+        self.access_window.extend(r if len(r) == 5 else (*r, None, None, 1)
+                                  for r in snap.get("access_window", ()))
         self.metrics.lsh_entries.set(len(self.dedup))
         self.metrics.bandit_peers.set(self.peers.n_peers)
 

@@ -108,9 +108,7 @@ class Retrainer:
             window = list(p.codec_window)
             cut = int(len(window) * keep)
             return window[:cut], window[cut:], len(window)
-        # reads: (node, block, object, index, count); checkpoints of older versions kept
-        # (node, block) alone
-        reads = [r if len(r) == 5 else (*r, None, None, 1) for r in p.access_window]
+        reads = list(p.access_window)  # (node, block, object, index, count)
         if self.settings.k_anonymity > 1:  # blocks fewer than k nodes read never train
             reads, report = k_anonymous(reads, individual=lambda r: r[0], quasi=lambda r: r[1],
                                         k=self.settings.k_anonymity)

@@ -141,11 +141,13 @@ def test_an_older_checkpoint_s_successor_table_joins_the_prefetcher():
     # as versions before positions saved it: the table alone, its figure under another name,
     # and a gossip learner of another shape
     snap["learners"] = {**learners, "successors": table, "network": object()}
+    snap["access_window"] = [(n, b) for n, b, *_ in snap["access_window"]]
     snap["quality"] = {("successor_hit5" if k == "prefetch_hit5" else k): v
                        for k, v in snap["quality"].items()}
     fresh = Pipeline(Settings())
     fresh.restore(snap)
     assert fresh.prefetcher.successors is table and table.n_updates > 0
+    assert {len(r) for r in fresh.access_window} == {5}  # reads without positions
     assert fresh.network.rounds == {"push": 0, "push-pull": 0}  # a fresh gossip learner
     fresh.handle("pakit.gossip", 0, 99, ev.pack([ev.gossip(i) for i in range(3)]))
     assert fresh.network.rounds["push"] == 3

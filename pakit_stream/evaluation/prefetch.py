@@ -73,15 +73,6 @@ def simulate_cache(accesses: list[str], proposals: list[list[str]] | None, capac
             "useless": useless}
 
 
-def _proposals(test: list[str], k: int, propose, learn=None) -> list[list[str]]:
-    out = []
-    for i, block in enumerate(test):
-        if learn is not None:
-            learn(block)  # the access just happened: learn it, then propose what follows
-        out.append(propose(test[max(0, i - 7):i + 1], k))
-    return out
-
-
 def _precision_hit(test: list[str], props: list[list[str]], k: int) -> tuple[float, float]:
     n = len(test) - 1
     hit = sum(test[i + 1] in props[i][:k] for i in range(n)) / n

@@ -131,6 +131,15 @@ _SHORT_FEATURES = ("log_n", "loss", "slow", "mean_field", "floor", "pull")
 _PAYLOAD_FEATURES = ("log_n", "loss", "slow", "mean_field", "fanout")
 
 
+def _columns(n: int, latency_ms: float, loss: float, fanout, pull, short, payload):
+    """The values of :data:`_SHORT_FEATURES` and :data:`_PAYLOAD_FEATURES`, in that order,
+    for one action (numbers) or many (numpy arrays of fanout, pull and mean-field figures)."""
+    floor = _FLOOR / n
+    common = [math.log10(n), loss, min(latency_ms / 1000.0, 5.0)]
+    return (common + [np.log10(np.maximum(short, floor)), math.log10(floor), pull],
+            common + [payload, fanout])
+
+
 def _weights(model, names: Sequence[str]) -> np.ndarray:
     """A River linear model's weights, read through its public ``predict_one`` (it has no
     intercept: the prediction at a unit vector is that feature's weight)."""
@@ -172,12 +181,9 @@ class NetworkOptimizer(OnlineModel):
     def _features(self, n: int, latency_ms: float, loss: float, mode: str, fanout: float,
                   ttl: int, pull: int) -> tuple[dict[str, float], dict[str, float]]:
         short, payload = mean_field(n, fanout, ttl, loss, mode, pull)
-        floor = _FLOOR / n
-        log_n = math.log10(n)
-        common = {"log_n": log_n, "loss": loss, "slow": min(latency_ms / 1000.0, 5.0)}
-        return ({**common, "mean_field": math.log10(max(short, floor)),
-                 "floor": math.log10(floor), "pull": float(pull)},
-                {**common, "mean_field": payload, "fanout": float(fanout)})
+        x_short, x_pay = _columns(n, latency_ms, loss, fanout, pull, short, payload)
+        return ({k: float(v) for k, v in zip(_SHORT_FEATURES, x_short)},
+                {k: float(v) for k, v in zip(_PAYLOAD_FEATURES, x_pay)})
 
     def state(self, network_size: int | None = None, avg_latency_ms: float = 0.0,
               message_loss_rate: float = 0.0) -> tuple[int, int, int]:
@@ -276,12 +282,8 @@ class NetworkOptimizer(OnlineModel):
             ttl = np.array([a[2] for a in acts])
             pull = np.array([a[3] if mode == "push-pull" else 0 for a in acts])
             short, payload = _mean_field_many(n, loss, fanout, ttl, pull)
-            floor = _FLOOR / n
-            common = [math.log10(n), loss, min(avg_latency_ms / 1000.0, 5.0)]
-            x_short = np.column_stack([np.full(len(acts), v) for v in common]
-                                      + [np.log10(np.maximum(short, floor)),
-                                         np.full(len(acts), math.log10(floor)), pull])
-            x_pay = np.column_stack([np.full(len(acts), v) for v in common] + [payload, fanout])
+            x_short, x_pay = (np.column_stack(np.broadcast_arrays(*cols)) for cols in
+                              _columns(n, avg_latency_ms, loss, fanout, pull, short, payload))
             log_short = x_short @ _weights(self._shortfall[mode], _SHORT_FEATURES)
             spread = (math.sqrt(self._residual[mode].get()) if self.rounds[mode] > 20 else 1.0)
             paid = np.maximum(x_pay @ _weights(self._payload[mode], _PAYLOAD_FEATURES), 0.0)

@@ -202,8 +202,7 @@ class Prefetcher(OnlineModel):
         self._remember(self._last, node_id, (block_hash, object_id, chunk_index), self.max_nodes)
         candidates = self._candidates(node_id, self.max_k)
         self._remember(self._cached, node_id, candidates, self.max_nodes)
-        if node_id in self._outcomes:
-            self._open(node_id, candidates)
+        self._open(node_id, candidates)
         self.n_updates += 1
 
     def learn_record(self, record: Mapping[str, Any]) -> None:
@@ -305,22 +304,23 @@ class Prefetcher(OnlineModel):
             for j in range(1, k + 1):
                 self._add(out, object_id, index + j * step,
                           ("stride", j, support, agrees), None)
-        succ = self.successors._next.get(block_hash)
-        if succ:
-            total = sum(succ.values())
-            for r, nxt in enumerate(sorted(succ, key=lambda b: -succ[b])[:k], 1):
-                share = succ[nxt] / total
-                bucket = ("successor", r, min(int(share * 10), 9),
-                          min(int(math.log2(total)), 6))
-                pos = self._position.get(nxt)
-                self._add(out, pos[0] if pos else None, pos[1] if pos else None,
-                          bucket, nxt)
+        for nxt, bucket, (obj, idx) in self._successor_buckets(block_hash, k):
+            self._add(out, obj, idx, bucket, nxt)
         net = self.net
         if net is not None and stream is not None and stream.steps:
             for r, (step, p) in enumerate(self._net_steps(net, stream.steps, k), 1):
                 self._add(out, object_id, index + step,
                           ("net", r, min(int(p * 10), 9)), None)
         return out
+
+    def _successor_buckets(self, block_hash: str, k: int):
+        """``(successor, bucket, (object, index))`` for the ``k`` most counted successors of
+        ``block_hash`` (position ``(None, None)`` when unknown)."""
+        ranked, total = self.successors.ranked(block_hash, k)
+        for r, (nxt, count) in enumerate(ranked, 1):
+            bucket = ("successor", r, min(int(count / total * 10), 9),
+                      min(int(math.log2(total)), 6))
+            yield nxt, bucket, self._position.get(nxt, (None, None))
 
     def _add(self, out, object_id, index, bucket, block_hash) -> None:
         if index is not None and index < 0:
@@ -381,22 +381,16 @@ class Prefetcher(OnlineModel):
         For a node it has not seen, ``recent_accesses`` (hashes, most recent last) asks the
         successor table alone."""
         node, k = request.get("node_id"), int(request.get("k", 5))
-        if node is not None and node in self._last:
+        if node is not None and self.knows(node):
             return self.propose(node, k)
         recent = request.get("recent_accesses") or []
         if not recent:
             return []
-        succ = self.successors._next.get(recent[-1]) or {}
-        total = sum(succ.values())
         out = []
-        for r, nxt in enumerate(sorted(succ, key=lambda b: -succ[b])[:k], 1):
-            share = succ[nxt] / total
-            c = self.confidence(("successor", r, min(int(share * 10), 9),
-                                 min(int(math.log2(total)), 6)))
+        for nxt, bucket, (obj, idx) in self._successor_buckets(recent[-1], k):
+            c = self.confidence(bucket)
             if c >= self.min_confidence:
-                pos = self._position.get(nxt)
-                out.append(Proposal(nxt, pos[0] if pos else None, pos[1] if pos else None, c,
-                                    "successor"))
+                out.append(Proposal(nxt, obj, idx, c, "successor"))
         return out
 
     def score(self, reads: Iterable[tuple], k: int = 5) -> float:
@@ -405,7 +399,7 @@ class Prefetcher(OnlineModel):
         learned. The retrain gates judge a step net by this, on a copy warmed on the window."""
         hits = n = 0
         for node, block, obj, index, count in reads:
-            if node in self._last:
+            if self.knows(node):
                 hits += self.hit(node, block, obj, index, k)
                 n += 1
             self.observe(node, block, obj, index, count)

@@ -75,11 +75,16 @@ class SuccessorTable(OnlineModel):
             succ[block] = count
         self.n_updates += 1
 
-    def successors(self, block: str, k: int = 5) -> list[str]:
+    def ranked(self, block: str, k: int = 5) -> tuple[list[tuple[str, int]], int]:
+        """The ``k`` most counted successors of ``block`` with their counts, and the count of
+        every transition out of it kept."""
         succ = self._next.get(block)
         if not succ:
-            return []
-        return sorted(succ, key=lambda b: -succ[b])[:k]
+            return [], 0
+        return sorted(succ.items(), key=lambda kv: -kv[1])[:k], sum(succ.values())
+
+    def successors(self, block: str, k: int = 5) -> list[str]:
+        return [b for b, _ in self.ranked(block, k)[0]]
 
     def learn_record(self, record: Mapping[str, Any]) -> None:
         self.observe(record.get("node_id", "-"), record["block_hash"])
