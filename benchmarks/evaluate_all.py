@@ -2,8 +2,8 @@
 
     python benchmarks/evaluate_all.py --shared ../shared/data --out docs/results
 
-Runs ``pakit-stream evaluate`` for each learner and data set below, three seeds each (about
-an hour on two cores; run it on an otherwise idle machine: the codec figures are CPU
+Runs ``pakit-stream evaluate`` for each learner and data set below, three seeds each (25
+minutes to an hour on two cores; run it on an otherwise idle machine: the codec figures are CPU
 timings), writes ``OUT/<run>/results.json`` and ``report.md`` with plots, and rewrites the
 section between the results markers of README.md (``pakit-stream results``). Every trace of
 ``traces/`` is its own run, and so is every CPU price of the codec evaluation. Near-duplicate
