@@ -18,6 +18,7 @@ import ssl
 from typing import Any
 
 import faust
+import msgspec
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
@@ -26,14 +27,19 @@ from pakit_stream.checkpoint import CheckpointStore
 from pakit_stream.events.decode import Rejected
 from pakit_stream.events.schema import DLQ_TOPIC, MODELS_TOPIC, TOPICS
 from pakit_stream.exceptions import PakitStreamError
-from pakit_stream.pipeline import Pipeline
+from pakit_stream.pipeline import GLOBAL_SCOPE, GLOBAL_TOPICS, Pipeline
 from pakit_stream.retrain import MODELS, Retrainer
+from pakit_stream.routing import FORWARDED, HINT_TOPICS, advertised_url, owner_of
 from pakit_stream.serving.hints import BadRequest, HintService
 from pakit_stream.settings import Settings
 
 __all__ = ["create_app", "credentials"]
 
 log = logging.getLogger(__name__)
+
+
+class _NodeOnly(msgspec.Struct):
+    node_id: str | None = None
 _NEVER = 10**12  # commit thresholds: offsets live in our checkpoints, not in Faust's commits
 
 
@@ -117,6 +123,9 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        # where the other workers reach this one: it travels in the group's assignment, so
+        # that a hint for a node another worker owns is forwarded there (pakit_stream.routing)
+        canonical_url=advertised_url(settings),
     )
     hints = HintService(pipeline)
     retrainer = Retrainer(settings, pipeline)
@@ -204,20 +213,27 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
             metrics.dlq.labels(kind=r.kind).inc()
 
     def make_agent(topic_name: str):
+        learn = topic_name not in GLOBAL_TOPICS  # those, every worker's replica reader learns
+
         async def consume(stream):
-            handle = pipeline.handle
+            handle = pipeline.handle_sliced
             async for event in stream.events():
                 message = event.message
-                try:
-                    rejects = handle(topic_name, message.partition, message.offset, event.value)
-                except Exception as exc:  # a bug must not stop the stream: park the message
-                    log.exception("message %s/%s failed", message.partition, message.offset)
-                    rejects = [Rejected(event.value or b"", f"internal error: {exc!r}", "error")]
-                    metrics.events.labels(topic=topic_name, outcome="error").inc()
-                    pipeline.mark(f"{topic_name}/{message.partition}", message.offset,
-                                  event.value)
-                if rejects:
-                    await to_dlq(rejects, message)
+                # a checkpoint waits for this block to end: its snapshot never holds half an
+                # envelope, nor an offset whose dead letters are not yet queued
+                async with pipeline.applying():
+                    try:
+                        rejects = await handle(topic_name, message.partition, message.offset,
+                                               event.value, learn=learn)
+                    except Exception as exc:  # a bug must not stop the stream: park the message
+                        log.exception("message %s/%s failed", message.partition, message.offset)
+                        rejects = [Rejected(event.value or b"", f"internal error: {exc!r}",
+                                            "error")]
+                        metrics.events.labels(topic=topic_name, outcome="error").inc()
+                        pipeline.mark(f"{topic_name}/{message.partition}", message.offset,
+                                      event.value)
+                    if rejects:
+                        await to_dlq(rejects, message)
                 # a buffered stream never suspends by itself: yield once per message, so the
                 # hints and timers waiting on the loop are served between two messages
                 await asyncio.sleep(0)
@@ -229,6 +245,73 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw",
                           partitions=settings.topic_partitions)
         app.agent(topic, name=f"pakit_stream.{topic_name}")(make_agent(topic_name))
+
+    @app.task
+    async def follow_global() -> None:
+        """Every worker learns every partition of the global topics, reading them outside the
+        consumer group (as a Kafka Streams GlobalKTable is read), from the offsets its
+        checkpoint saved under the global scope. The group's owner of a partition validates
+        and dead-letters its messages; here only a learner's failure on an event of a
+        partition this worker owns is dead-lettered (the others are counted)."""
+        while True:
+            try:
+                await _follow_global()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reading the global topics failed (%r); retrying in 5 s", exc)
+                await asyncio.sleep(5)
+
+    async def _follow_global() -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=settings.max_message_bytes,
+            **_aiokafka_security(settings))
+        await consumer.start()
+        try:
+            tps = []
+            while not tps:
+                await consumer.topics()  # metadata
+                tps = [TopicPartition(t, p) for t in GLOBAL_TOPICS
+                       for p in sorted(consumer.partitions_for_topic(t) or ())]
+                if not tps:
+                    await asyncio.sleep(1)
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                key = f"{GLOBAL_SCOPE}{tp.topic}/{tp.partition}"
+                saved = pipeline.offsets.get(key)
+                if saved is None or resume.shrank(ends[tp], saved):
+                    pipeline.forget(key)
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, saved)
+            handle = pipeline.handle_sliced
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                for tp in tps:  # a log recreated under the same name is read from its start
+                    key = f"{GLOBAL_SCOPE}{tp.topic}/{tp.partition}"
+                    if resume.shrank(consumer.highwater(tp), pipeline.offsets.get(key, 0)):
+                        log.warning("%s was recreated; the replica reads it again from its "
+                                    "start", key)
+                        pipeline.forget(key)
+                        batches.pop(tp, None)
+                        consumer.seek(tp, 0)
+                for tp, records in batches.items():
+                    for record in records:
+                        async with pipeline.applying():
+                            rejects = await handle(tp.topic, tp.partition, record.offset,
+                                                   record.value, scope=GLOBAL_SCOPE, count=False)
+                            failed = [r for r in rejects or () if r.kind == "error"]
+                            if failed and tp in app.consumer.assignment():
+                                metrics.events.labels(topic=tp.topic, outcome="error").inc(
+                                    len(failed))
+                                await to_dlq(failed, record)
+                    await asyncio.sleep(0)
+        finally:
+            await consumer.stop()
 
     async def flush() -> None:
         await app.producer.flush()
@@ -296,15 +379,55 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
     async def checkpoint_before_revoke(sender, revoked, **kwargs) -> None:
         await checkpoint()
 
-    _add_views(app, hints, retrainer, settings.admin_token)
+    _add_views(app, hints, retrainer, settings)
     app.pakit = {"pipeline": pipeline, "hints": hints, "checkpoints": checkpoints,
                  "retrainer": retrainer}
     return app
 
 
 def _add_views(app: faust.App, hints: HintService, retrainer: Retrainer,
-               admin_token: str | None) -> None:
+               settings: Settings) -> None:
     registry = hints.pipeline.metrics.registry
+    admin_token = settings.admin_token
+    own_url = advertised_url(settings)
+    routed = hints.pipeline.metrics.hints_routed
+    session = []  # one aiohttp session, made on first use (inside the running loop)
+
+    async def forwarded(view: View, kind: str, request: Request, body: bytes
+                        ) -> Response | None:
+        """The owner's answer to a hint about a node this worker does not own; ``None``: answer
+        here (this worker owns the node, the request was forwarded already, there is no
+        ``node_id``, or the owner did not answer in time)."""
+        topic = HINT_TOPICS.get(kind)
+        if topic is None or request.headers.get(FORWARDED):
+            return None
+        try:
+            node = msgspec.json.decode(body, type=_NodeOnly).node_id
+        except msgspec.MsgspecError:
+            return None  # the local answer explains what is wrong with the request
+        owner = None if node is None else owner_of(
+            node, app.router.external_topics_metadata(), topic)
+        if owner is None or owner.rstrip("/") == own_url:
+            return None
+        import aiohttp
+
+        if not session:
+            session.append(aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=settings.route_timeout_s)))
+        try:
+            async with session[0].post(f"{owner.rstrip('/')}/v1/hints/{kind}", data=body,
+                                       headers={FORWARDED: own_url,
+                                                "Content-Type": "application/json"}) as r:
+                text = await r.read()
+                status = r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("the owner %s of node %s did not answer a %s hint (%r); answering "
+                        "here", owner, node, kind, exc)
+            routed.labels(outcome="owner_failed").inc()
+            return None
+        routed.labels(outcome="forwarded").inc()
+        return view.bytes(text, status=status, content_type="application/json",
+                          headers={"X-Pakit-Answered-By": owner})
 
     def refused(view: View, request: Request, name: str) -> Response | None:
         """The error response for an unauthorised request or an unknown model, else None."""
@@ -333,14 +456,17 @@ def _add_views(app: faust.App, hints: HintService, retrainer: Retrainer,
             # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway
             return self.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
 
-    def posted_hint(call):
+    def posted_hint(kind: str, call):
         class Hint(View):
             async def post(self, request: Request) -> Response:
-                return answer(self, call, await request.read())
+                body = await request.read()
+                owners = await forwarded(self, kind, request, body)
+                return answer(self, call, body) if owners is None else owners
         return Hint
 
     for kind in ("peer", "network", "compression", "prefetch"):  # POST {JSON body}
-        app.page(f"/v1/hints/{kind}", name=f"hint_{kind}")(posted_hint(getattr(hints, kind)))
+        app.page(f"/v1/hints/{kind}", name=f"hint_{kind}")(posted_hint(kind,
+                                                                        getattr(hints, kind)))
 
     @app.page("/v1/admin/models/{name}/gate/{version}")
     class AdminGate(View):

@@ -1,21 +1,28 @@
 """Checkpoints: the pipeline's learners and offsets, together, in one signed file.
 
-The snapshot is taken synchronously between two messages; the dead-letter records of the
-messages it covers are flushed; only then is the file written (off the event loop) and renamed
-into place. On start the daemon restores the newest checkpoint and seeks each partition to the
-offset saved with it, so a crash replays at most one checkpoint interval and loses nothing the
-broker acknowledged.
+The snapshot is taken at a moment when no message is half applied
+(:meth:`Pipeline.quiet <pakit_stream.pipeline.Pipeline.quiet>`), by forking the daemon, as
+Redis's BGSAVE does: the child holds a copy-on-write image of the learners and the offsets they
+reflect, pickles, signs and writes it to a temporary file, and exits, while the parent goes on
+serving hints and learning; the event loop is held only for the fork itself. The parent then
+flushes the dead-letter records of the messages the snapshot covers and, once the child has
+succeeded, renames the file into place. On start the daemon restores the newest checkpoint and
+seeks each partition to the offset saved with it, so a crash replays at most one checkpoint
+interval and loses nothing the broker acknowledged. Where ``os.fork`` does not exist, the
+snapshot is pickled on the loop.
 
-Taking the snapshot blocks the event loop (hints wait) for as long as pickling the learners
-takes, so a tick at which no message was handled since the last write skips it: the file on
-disk already is the state (outcome ``unchanged``).
+A tick at which no message was handled since the last write skips it: the file on disk already
+is the state (outcome ``unchanged``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,7 @@ from pakit_stream.pipeline import Pipeline
 __all__ = ["CheckpointStore"]
 
 log = logging.getLogger(__name__)
+_FORK = hasattr(os, "fork")
 
 
 class CheckpointStore:
@@ -68,27 +76,54 @@ class CheckpointStore:
         if self._lock.locked():  # a slow write is still going: skip, the next tick catches up
             return False
         m = pipeline.metrics
-        mark = tuple(sorted(pipeline.offsets.items()))
-        if mark == self._written and self.path.exists():
+        if tuple(sorted(pipeline.offsets.items())) == self._written and self.path.exists():
             m.checkpoints.labels(outcome="unchanged").inc()
             m.checkpoint_timestamp.set(time.time())
             return True
         async with self._lock:
             started = time.perf_counter()
-            # acquiring a free asyncio.Lock does not suspend: the snapshot reflects ``mark``
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             try:
-                blob = persist.dumps(pipeline.snapshot(), self.key)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                async with pipeline.quiet():
+                    mark = tuple(sorted(pipeline.offsets.items()))
+                    held = time.perf_counter()
+                    child = self._fork_write(pipeline, tmp) if _FORK else None
+                    if child is None:
+                        persist.write_file(tmp, persist.dumps(pipeline.snapshot(), self.key))
+                    m.checkpoint_hold_seconds.observe(time.perf_counter() - held)
                 if flush is not None:
                     await flush()
-                await asyncio.get_running_loop().run_in_executor(
-                    None, persist.write_atomic, self.path, blob)
+                if child is not None:
+                    _, status = await asyncio.get_running_loop().run_in_executor(
+                        None, os.waitpid, child, 0)
+                    if os.waitstatus_to_exitcode(status) != 0:
+                        raise ModelLoadError(f"the checkpoint writer exited with status {status}")
+                size = tmp.stat().st_size
+                persist.replace(tmp, self.path)
             except Exception:
+                with contextlib.suppress(OSError):  # the directory itself may be the fault
+                    tmp.unlink(missing_ok=True)
                 m.checkpoints.labels(outcome="failed").inc()
                 log.exception("checkpoint to %s failed; learner state is still served", self.path)
                 return False
             self._written = mark
             m.checkpoints.labels(outcome="ok").inc()
             m.checkpoint_seconds.observe(time.perf_counter() - started)
-            m.checkpoint_bytes.set(len(blob))
+            m.checkpoint_bytes.set(size)
             m.checkpoint_timestamp.set(time.time())
             return True
+
+    def _fork_write(self, pipeline: Pipeline, tmp: Path) -> int:
+        """Fork a child that writes the snapshot to ``tmp`` and exits; returns its pid."""
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1  # the child: nothing here may touch the parent's loop, logging or sockets
+        try:
+            persist.write_file(tmp, persist.dumps(pipeline.snapshot(), self.key))
+            code = 0
+        except BaseException:
+            os.write(2, traceback.format_exc().encode())
+        finally:
+            os._exit(code)

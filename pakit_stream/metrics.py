@@ -79,6 +79,14 @@ class Metrics:
                                    namespace=ns, registry=r)
         self.checkpoint_seconds = Histogram("checkpoint_seconds", "Time to write a checkpoint.",
                                             namespace=ns, registry=r)
+        self.hints_routed = Counter(
+            "hints_routed_total", "Hints about a node another worker owns: forwarded to it and "
+            "answered, or answered here because the owner did not answer in time.",
+            ["outcome"], namespace=ns, registry=r)
+        self.checkpoint_hold_seconds = Histogram(
+            "checkpoint_hold_seconds", "Time a checkpoint held the event loop (the fork of the "
+            "snapshot writer, or the whole snapshot where there is no fork).", namespace=ns,
+            registry=r, buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0))
         self.checkpoint_bytes = Gauge("checkpoint_bytes", "Size of the last checkpoint.",
                                       namespace=ns, registry=r)
         self.checkpoint_timestamp = Gauge("checkpoint_timestamp_seconds", "Unix time of the last "

@@ -65,25 +65,36 @@ def dumps(obj, key: bytes) -> bytes:
     return _MAGIC + hmac.new(key, payload, hashlib.sha256).digest() + payload
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (not yet in place: see :func:`replace`)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def replace(tmp: Path, path: Path) -> None:
+    """Move the written file ``tmp`` to ``path`` and make the rename durable."""
+    os.replace(tmp, path)
+    dir_fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_file(Path(tmp), data)
+        replace(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def dump(obj, path: Path, key: bytes) -> None:

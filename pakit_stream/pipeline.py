@@ -18,11 +18,14 @@ always a state together with exactly the messages it reflects.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import random
 import time
 import zlib
 from collections import deque
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -38,10 +41,14 @@ from pakit_stream.metrics import Metrics
 from pakit_stream.privacy import private_mean
 from pakit_stream.settings import Settings
 
-__all__ = ["Pipeline", "SNAPSHOT_VERSION", "best_codec"]
+__all__ = ["Pipeline", "SNAPSHOT_VERSION", "GLOBAL_TOPICS", "best_codec"]
 
 log = logging.getLogger(__name__)
 SNAPSHOT_VERSION = 1
+#: the topics whose learners hold global state (the dedup index, the gossip model): every
+#: worker of a consumer group learns every partition of them, so that any worker answers
+GLOBAL_TOPICS = ("pakit.fingerprints", "pakit.gossip")
+GLOBAL_SCOPE = "global:"
 _encode = msgspec.json.Encoder().encode
 
 
@@ -53,6 +60,19 @@ def best_codec(event: BlockStored, cpu_bytes_per_us: float = 1.0) -> str | None:
         return None
     return min(results, key=lambda r: r.compressed_size
                + cpu_bytes_per_us * (r.compress_us + r.decompress_us)).algorithm
+
+
+@dataclasses.dataclass(slots=True)
+class _Message:
+    """A decoded message between :meth:`Pipeline.begin` and :meth:`Pipeline.finish`."""
+
+    topic: str
+    key: str
+    offset: int
+    value: bytes | None
+    events: list[Event]
+    rejects: list[Rejected]
+    busy: float  # seconds spent on it so far, waits excluded
 
 
 class _Mean:
@@ -124,6 +144,10 @@ class Pipeline:
         #: memory-only broker) and the offset belongs to a log that no longer exists
         self.tails: dict[str, int] = {}
         self.applied: dict[str, int] = dict.fromkeys(TOPICS, 0)
+        self._per_event = dict.fromkeys(TOPICS, 20e-6)  # seconds per event, measured
+        self._in_flight = 0
+        self._open, self._idle = asyncio.Event(), asyncio.Event()
+        self._open.set()
         self.quality = {name: _Mean() for name in _QUALITY_BOUNDS}
         self._gauges = {"bandit_replay": m.bandit_reward, "bandit_logged": m.bandit_logged_reward,
                         "gossip_reward": m.gossip_reward, "gossip_agreement": m.gossip_agreement,
@@ -184,22 +208,95 @@ class Pipeline:
         Returns ``None`` (and does nothing) for a message the state already reflects: one
         below the restored offset of its partition, replayed after a restart.
         """
-        key = f"{topic}/{partition}"
+        message = self.begin(topic, partition, offset, value)
+        if message is None:
+            return None
+        self._apply_slice(message, 0, len(message.events))
+        return self.finish(message)
+
+    async def handle_sliced(self, topic: str, partition: int, offset: int,
+                            value: bytes | None, *, learn: bool = True, scope: str = "",
+                            count: bool = True) -> list[Rejected] | None:
+        """:meth:`handle`, yielding to the event loop between slices of the envelope's events
+        so that no slice holds the loop longer than ``settings.apply_slice_s`` (the slice's
+        size follows the topic's measured cost per event). Hints between two slices see every
+        event before them applied; the message's offset is marked after its last.
+
+        For the topics every worker learns in full (:data:`GLOBAL_TOPICS`) the daemon reads
+        each message twice: the consumer group's owner of its partition validates it
+        (``learn=False``: decoded, its rejects counted and dead-lettered, its offset marked)
+        and every worker's replica reader learns it (``scope="global:"``, ``count=False``: its
+        offset is kept apart, under the scope, and its rejects are not counted again)."""
+        message = self.begin(topic, partition, offset, value, scope)
+        if message is None:
+            return None
+        total, i, budget = len(message.events) if learn else 0, 0, self.settings.apply_slice_s
+        while i < total:
+            n = min(total - i, max(1, int(budget / self._per_event[topic])))
+            took = self._apply_slice(message, i, i + n)
+            self._per_event[topic] += 0.2 * (took / n - self._per_event[topic])
+            i += n
+            if i < total:
+                await asyncio.sleep(0)
+        return self.finish(message, count)
+
+    def _apply_slice(self, message: _Message, lo: int, hi: int) -> float:
+        started = time.perf_counter()
+        message.rejects += self.apply(message.topic, message.events[lo:hi], first=lo)
+        took = time.perf_counter() - started
+        message.busy += took
+        return took
+
+    def begin(self, topic: str, partition: int, offset: int, value: bytes | None,
+              scope: str = "") -> _Message | None:
+        """Decode a message (``None`` if the state already reflects it); :meth:`apply` its
+        events, then :meth:`finish` it. ``scope`` prefixes the key its offset is kept under."""
+        key = f"{scope}{topic}/{partition}"
         expected = self.offsets.get(key)
         if expected is not None and offset < expected:
             self.metrics.duplicates.labels(topic=topic).inc()
             return None
         started = time.perf_counter()
         decoded = self.decoders[topic].decode(value)
-        rejects = decoded.rejects
-        if decoded.events:
-            rejects = rejects + self.apply(topic, decoded.events)
-        for r in rejects:
+        return _Message(topic, key, offset, value, decoded.events, list(decoded.rejects),
+                        time.perf_counter() - started)
+
+    def finish(self, message: _Message, count: bool = True) -> list[Rejected]:
+        """Count the message's rejects and mark its offset; returns what goes to the DLQ."""
+        started, topic = time.perf_counter(), message.topic
+        for r in message.rejects if count else ():
             self.metrics.events.labels(topic=topic, outcome=r.kind).inc()
-        self.mark(key, offset, value)
-        self._m_messages[topic].inc()
-        self._m_seconds[topic].observe(time.perf_counter() - started)
-        return rejects
+        self.mark(message.key, message.offset, message.value)
+        if count:  # a message of a global topic is counted once, where it is validated
+            self._m_messages[topic].inc()
+            self._m_seconds[topic].observe(message.busy + time.perf_counter() - started)
+        return message.rejects
+
+    @asynccontextmanager
+    async def applying(self):
+        """Held by an agent from the start of a message until its dead letters are queued:
+        :meth:`quiet` waits for every holder to let go, and holds new ones back."""
+        await self._open.wait()
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    @asynccontextmanager
+    async def quiet(self):
+        """A moment at which no message is half applied (a checkpoint's snapshot): waits for
+        the agents' messages in flight to finish and holds new ones until it exits."""
+        self._open.clear()
+        try:
+            while self._in_flight:
+                self._idle.clear()
+                await self._idle.wait()
+            yield
+        finally:
+            self._open.set()
 
     def mark(self, key: str, offset: int, value: bytes | None) -> None:
         """Record that the message at ``offset`` of partition ``key`` (``topic/partition``)
@@ -212,10 +309,15 @@ class Pipeline:
         self.offsets.pop(key, None)
         self.tails.pop(key, None)
 
-    def apply(self, topic: str, events: list[Event]) -> list[Rejected]:
+    def apply(self, topic: str, events: list[Event], first: int = 0) -> list[Rejected]:
         """Learn from decoded events of ``topic``; events that make a learner fail are
-        returned as ``error`` rejects instead of stopping the daemon."""
+        returned as ``error`` rejects instead of stopping the daemon (their ``index`` counted
+        from ``first``, the place of ``events[0]`` in its envelope)."""
+        if not events:
+            return []
         errors = self._handlers[topic](events)
+        if first:
+            errors = [dataclasses.replace(r, index=r.index + first) for r in errors]
         ok = len(events) - len(errors)
         self.applied[topic] += ok
         self._m_ok[topic].inc(ok)

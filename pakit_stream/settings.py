@@ -50,6 +50,13 @@ class Settings:
         None, "Kafka bootstrap server HOST:PORT. Unset: start the embedded tansu broker."
     )
     web_host: str = _setting("127.0.0.1", "Address the HTTP server (hints, metrics) binds to.")
+    advertised_url: str = _setting(
+        "", "URL at which the other workers of the group reach this one's HTTP server, to "
+            "forward a node's hint to the worker that owns the node (default: "
+            "http://WEB_HOST:WEB_PORT, or the host name when WEB_HOST is 0.0.0.0).")
+    route_timeout_s: float = _setting(
+        0.5, "Longest a worker waits for the owner of a node's partition to answer a hint it "
+             "forwarded; after it, it answers from its own state.")
     web_port: int = _setting(6066, "Port of the HTTP server (0: pick a free port).")
     data_dir: Path = _setting(Path("models"), "Model store: checkpoints and model versions.")
     app_id: str = _setting("pakit-stream", "Kafka consumer group and Faust application id.")
@@ -57,6 +64,9 @@ class Settings:
         "uvloop", "asyncio event loop of the daemon: uvloop (faster where installed) or aio."
     )
     topic_partitions: int = _setting(4, "Partitions of each telemetry topic the daemon creates.")
+    apply_slice_s: float = _setting(
+        0.0005, "Longest the daemon applies an envelope's events before it lets hints and timers "
+                "run (seconds); the slice's size follows the measured cost per event.")
     checkpoint_interval_s: float = _setting(
         5.0, "Seconds between checkpoints of learner state and offsets (the replay bound)."
     )
@@ -153,8 +163,9 @@ class Settings:
     prefetch_max_vocab: int = _setting(
         512, "Steps (chunk-index deltas) the prefetch net can name; rarer steps are one class.")
     prefetch_min_confidence: float = _setting(
-        0.1, "A prefetch proposal is served only if at least this share of proposals like it "
-             "(same source, rank and strength of evidence) were read within the horizon.")
+        0.1, "For a node that gives no cache size, a prefetch proposal is served only if at "
+             "least this share of proposals like it (same source, rank and strength of "
+             "evidence) were read within the horizon. With cache_blocks the floor is learned.")
     prefetch_horizon: int = _setting(
         16, "Reads within which a proposed block must be read to count as a useful proposal.")
     admin_token: str | None = _secret(
@@ -210,7 +221,7 @@ class Settings:
             raise ConfigError(f"event_loop must be uvloop or aio, got {self.event_loop!r}")
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"web_port out of range: {self.web_port}")
-        positive = ("topic_partitions", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
+        positive = ("topic_partitions", "apply_slice_s", "route_timeout_s", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
                     "max_event_bytes", "dlq_max_bytes", "codec_cpu_bytes_per_us", "codec_halflife", "retrain_check_s", "retrain_interval_s",
                     "retrain_min_new", "retrain_min_samples", "retrain_timeout_s", "retrain_threads",
                     "prefetch_window", "prefetch_max_vocab", "prefetch_horizon", "bandit_latency_scale_ms", "bandit_max_peers",

@@ -13,6 +13,7 @@ from pakit_stream.learners import (DeduplicationOptimizer, NetworkOptimizer, Pee
 
 from pakit_stream.learners.codec import CodecCostModel, heuristic_codec
 from pakit_stream.learners.prefetch import Prefetcher, delta_sequences, judge_net
+from pakit_stream.learners.reuse import ReuseProfile
 
 from . import events as ev
 
@@ -731,14 +732,54 @@ def test_prefetcher_prequential_score_counts_proposals_made_before_each_read():
 
 def test_prefetcher_is_bounded():
     p = Prefetcher(max_nodes=3, max_streams=4, max_positions=10, successor_capacity=10,
-                   max_scored_nodes=2)
+                   max_scored_nodes=2, max_profiled_nodes=2)
     for i in range(100):
         _read(p, f"node-{i % 7}", i, obj=f"{i % 9:064x}")
     assert len(p._streams) <= 4 and len(p._last) <= 3 and len(p._cached) <= 3
     assert len(p._outcomes) <= 2  # proposals are scored for the most recently active nodes
+    assert len(p._reuse) <= 2  # and their reuse profiled
     assert len(p._hash_at) <= 10 and len(p._position) <= 10 and len(p.successors) <= 10
     open_entries = sum(len(o.queue) for o in p._outcomes.values())
     assert open_entries <= 2 * p.horizon * 4 * p.max_k  # nodes x horizon x sources x ranks
+
+
+def test_reuse_profile_gives_the_eviction_hazard_of_uniform_reads():
+    """Reads drawn uniformly from N blocks: the block at depth C of an LRU cache is the next
+    read with chance 1/N, and a read deeper than it comes with chance (N - C)/N, so the hazard
+    at depth C is about 1/(N - C + 1)."""
+    rng = random.Random(2)
+    r = ReuseProfile(max_tracked=256)
+    for _ in range(60_000):
+        r.observe(_h(rng.randrange(2000)))
+    assert r.rate < 0.2  # a sample of the 2000 blocks is followed, not all of them
+    for depth in (200, 1000, 1500):
+        assert 0.5 < r.hazard(depth) * (2000 - depth + 1) < 2.0
+
+
+def test_reuse_profile_is_bounded_and_silent_until_it_has_seen_enough():
+    r = ReuseProfile(max_tracked=32, min_samples=64)
+    r.observe(_h(1))
+    assert r.hazard(10) is None
+    for i in range(20_000):
+        r.observe(_h(i))
+    assert len(r._last) <= 32 and len(r._largest) <= 32
+    assert r.hazard(10) == 0.0  # every read is a first read: evicting costs nothing
+
+
+def test_prefetch_threshold_is_what_a_prefetch_costs_the_nodes_cache():
+    """Uniform reads of 200 blocks: a successor proposal comes true within the horizon about
+    8% of the time. That is worth a prefetch into a cache of 100 blocks (evicting its LRU block
+    costs about 1% of a hit), not into one of 198 (about 33%), and not under the 0.1 served to
+    a node that gives no cache size."""
+    rng = random.Random(3)
+    p = Prefetcher(min_confidence=0.1)
+    for _ in range(40_000):
+        p.observe("n", _h(rng.randrange(200)))
+    assert p.threshold("n") == 0.1
+    assert p.threshold("n", 100) < 0.03 and p.threshold("n", 198) > 0.1
+    assert p.propose("n", k=2, cache_blocks=100)
+    assert not p.propose("n", k=2, cache_blocks=198) and not p.propose("n", k=2)
+    assert p.predict({"node_id": "n", "k": 2, "cache_blocks": 100})
 
 
 def test_a_restored_prefetcher_keeps_learning_and_proposing(tmp_path):

@@ -151,3 +151,102 @@ def test_an_older_checkpoint_s_successor_table_joins_the_prefetcher():
     assert fresh.network.rounds == {"push": 0, "push-pull": 0}  # a fresh gossip learner
     fresh.handle("pakit.gossip", 0, 99, ev.pack([ev.gossip(i) for i in range(3)]))
     assert fresh.network.rounds["push"] == 3
+
+
+def test_a_sliced_envelope_learns_what_one_call_learns_and_lets_the_loop_run_between():
+    import asyncio
+
+    events = [ev.accessed(i) for i in range(300)]
+    events[250] = {**events[250], "latency_ms": -1.0}  # refused by the schema
+    events[123] = {**events[123], "block_hash": "ee" * 32}
+    whole, sliced = Pipeline(Settings()), Pipeline(Settings.from_env({}, apply_slice_s=1e-6))
+    for p in (whole, sliced):  # a learner that fails on one event: its place is kept
+        real = p.prefetcher.observe
+
+        def observe(node, block, *rest, real=real):
+            if block == events[123]["block_hash"]:
+                raise RuntimeError("boom")
+            return real(node, block, *rest)
+        p.prefetcher.observe = observe
+    expected = whole.handle("pakit.access", 0, 0, ev.pack(events))
+    assert [(r.index, r.kind) for r in expected] == [(250, "invalid"), (123, "error")]
+    turns = 0
+
+    async def other_work():  # what a hint or a timer would do between two slices
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def run():
+        task = asyncio.ensure_future(other_work())
+        await asyncio.sleep(0)
+        got = await sliced.handle_sliced("pakit.access", 0, 0, ev.pack(events))
+        task.cancel()
+        return got
+
+    got = asyncio.run(run())
+    assert turns > 100  # a slice of about one event: the loop ran between slices
+    assert [(r.index, r.kind) for r in got] == [(r.index, r.kind) for r in expected]
+    assert sliced.offsets == whole.offsets and sliced.applied == whole.applied
+    assert sliced.prefetcher.propose("node-0") == whole.prefetcher.propose("node-0")
+
+
+def test_quiet_waits_for_messages_in_flight_and_holds_new_ones():
+    import asyncio
+
+    p, log = Pipeline(Settings()), []
+
+    async def agent(name, delay):
+        await asyncio.sleep(delay)
+        async with p.applying():
+            log.append(f"{name} in")
+            await asyncio.sleep(0.02)  # its envelope, applied in slices
+            log.append(f"{name} out")
+
+    async def snapshot():
+        await asyncio.sleep(0.01)  # agent a is mid-message
+        async with p.quiet():
+            log.append("snapshot")
+            await asyncio.sleep(0.02)  # b arrives meanwhile and must wait
+
+    async def run():
+        await asyncio.gather(agent("a", 0), snapshot(), agent("b", 0.015))
+
+    asyncio.run(run())
+    assert log == ["a in", "a out", "snapshot", "b in", "b out"]
+
+
+def test_a_checkpoint_is_written_by_a_forked_child_after_the_dead_letters_are_flushed(tmp_path):
+    import asyncio
+    import os
+
+    p = fed_pipeline()
+    store = CheckpointStore(tmp_path, b"k" * 32)
+    seen_at_flush = []
+
+    async def flush():  # the file covering the messages must not exist before their DLQ acks
+        seen_at_flush.append(store.path.exists())
+
+    pid = os.getpid()
+    assert asyncio.run(store.checkpoint(p, flush)) and seen_at_flush == [False]
+    assert os.getpid() == pid  # the child exited; only the parent returns
+    q = Pipeline(Settings())
+    assert store.restore(q) and q.offsets == p.offsets and q.applied == p.applied
+    assert sample(p, "pakit_stream_checkpoint_hold_seconds_count") == 1
+    assert not list(tmp_path.glob("checkpoints/.*.tmp"))
+
+
+def test_a_failed_checkpoint_writer_leaves_the_previous_file(tmp_path, monkeypatch):
+    import asyncio
+
+    p = fed_pipeline()
+    store = CheckpointStore(tmp_path, b"k" * 32)
+    store.write_now(p)
+    before = store.path.read_bytes()
+    p.handle("pakit.access", 0, 1, ev.pack([ev.accessed(77)]))
+    monkeypatch.setattr(persist, "dumps", lambda *a: 1 / 0)  # the child fails to serialise
+    assert asyncio.run(store.checkpoint(p)) is False
+    assert store.path.read_bytes() == before
+    assert sample(p, "pakit_stream_checkpoints_total", outcome="failed") == 1
+    assert not list(tmp_path.glob("checkpoints/.*.tmp"))

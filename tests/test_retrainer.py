@@ -104,8 +104,8 @@ def test_prefetch_model_is_retrained_served_and_hinted(tmp_path):
     # two steps of 1 just happened: the learner has seen that a third +1 never comes true
     # after a run of this length, and proposes nothing rather than pollute the cache
     before = hints.prefetch(b'{"node_id": "node-0", "k": 2}')
-    assert before == {"blocks": [], "positions": [], "proposals": [], "source": "fallback",
-                      "model_version": None}
+    assert before == {"blocks": [], "positions": [], "proposals": [], "threshold": 0.1,
+                      "source": "fallback", "model_version": None}
 
     r = Retrainer(settings, p)
     assert r.due("prefetch_engine") == "volume"
@@ -131,6 +131,10 @@ def test_prefetch_model_is_retrained_served_and_hinted(tmp_path):
     assert [x["chunk_index"] for x in after["proposals"]][:1] == [index + 37]
     assert after["model_version"] == result["version"]
     assert after["proposals"] == [x.as_dict() for x in p.prefetcher.propose("node-0", 3)]
+    # a node that names its cache size gets the floor learned for that cache
+    sized = hints.prefetch(b'{"node_id": "node-0", "k": 3, "cache_blocks": 50}')
+    assert sized["threshold"] == round(p.prefetcher.threshold("node-0", 50), 6) != 0.1
+    assert sized["proposals"] == [x.as_dict() for x in p.prefetcher.propose("node-0", 3, 50)]
     assert sample(p, "pakit_stream_prefetch_holdout_hit_ratio_at_5") > without
     # a node the daemon never saw asks with its recent reads: the successor table answers
     assert hints.prefetch(b'{"recent_accesses": ["%s"], "k": 1}'
@@ -139,3 +143,5 @@ def test_prefetch_model_is_retrained_served_and_hinted(tmp_path):
         hints.prefetch(b'{"k": 3}')
     with pytest.raises(BadRequest):
         hints.prefetch(b'{"recent_accesses": ["not-a-hash"]}')
+    with pytest.raises(BadRequest):
+        hints.prefetch(b'{"node_id": "node-0", "cache_blocks": 0}')

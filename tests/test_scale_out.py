@@ -124,3 +124,58 @@ def test_the_leaders_new_model_reaches_every_worker(producer, daemon_factory, tm
         answer = w.post("/v1/hints/compression", {"block_size": 65536, "probe_ratio": 0.5,
                                                   "entropy": 7.5})
         assert (answer["expert"], answer["model_version"]) == ("net", version)
+
+
+def test_every_worker_answers_for_every_node_and_finds_every_near_duplicate(
+        producer, daemon_factory, tmp_path):
+    """Three workers of one group; 24 nodes, each with its own fastest peer, each indexing a
+    near-duplicate of another node's block. A node's peer hint is answered by the worker that
+    owns the node (forwarded there); the dedup index is learned in full by every worker."""
+    workers = [daemon_factory(tmp_path / w) for w in "abc"]
+    nodes = [f"node-{i}" for i in range(24)]
+    peers = ["peer-0", "peer-1", "peer-2"]
+    fastest = {}
+    for i, node in enumerate(nodes):
+        fastest[node] = peers[i % 3]
+        latency = {p: 15.0 if p == fastest[node] else 300.0 for p in peers}
+        producer.send("pakit.peers", key=node.encode(), value=ev.pack(
+            [ev.peer_fetch(k, node=node, latency=latency) for k in range(30)]))
+        near = ev.fingerprint(1000 + i, node=node, base=(i + 1) % 24, edits=4)
+        producer.send("pakit.fingerprints", key=node.encode(),
+                      value=ev.pack([ev.fingerprint(i, node=node), near]))
+    producer.flush()
+
+    def settled() -> bool:  # every worker learned the whole index; the owners, every fetch
+        health = [w.get("/health") for w in workers]
+        return (all(h["learners"]["dedup"]["entries"] == 48 for h in health)
+                and sum(h["applied"]["pakit.peers"] for h in health) >= 24 * 30)
+
+    def wrong() -> list:
+        out = []
+        for w in workers:
+            for i, node in enumerate(nodes):
+                answer = w.post("/v1/hints/peer",
+                                {"node_id": node, "available_peers": peers[::-1]})
+                if (answer["peer_id"], answer["source"]) != (fastest[node], "learned"):
+                    out.append((w.url, node, answer))
+                found = w.get(f"/v1/hints/similar/{ev.block_hash(100_000 + i)}")["similar"]
+                if ev.block_hash(100_000 + 1000 + (i - 1) % 24) not in [
+                        s["block_hash"] for s in found]:
+                    out.append((w.url, node, found))
+        return out
+
+    wait_until(settled, timeout=150)
+    wait_until(lambda: not wrong(), timeout=60)  # the last rebalance may still be settling
+    assert wrong() == []
+    # with 2 partitions and 3 workers, at least one worker owns no node and forwards them all
+    forwarded = [metric_value(w, "pakit_stream_hints_routed_total", outcome="forwarded")
+                 for w in workers]
+    assert sum(forwarded) >= 24 and max(forwarded) >= 24
+
+
+def metric_value(daemon, name: str, **labels) -> float:
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in daemon.get("/metrics").splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0

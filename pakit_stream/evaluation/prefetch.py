@@ -11,7 +11,10 @@ is trained on the training part and put through the daemon's gate
 (:func:`~pakit_stream.learners.prefetch.judge_net`: the learner with the net against the learner
 without it, on the newest tenth of the training part): it serves only if it wins there. The
 learner is then warmed on the training part and, like the online baselines, learns the test part
-test-then-train: each proposal is made before its outcome is seen. After every access a method
+test-then-train: each proposal is made before its outcome is seen. It is asked, as a node
+that names its cache size is, with the size of each simulated cache, so that its floor is the
+learned cost of a prefetch to that cache; the notes give the hit ratio with the fixed floor
+instead. After every access a method
 proposes its top ``k`` next blocks; ``depth`` of them are prefetched into an LRU cache of 1–10%
 of the trace's distinct blocks. Every method gets the same slots and the same information
 (address and span).
@@ -139,9 +142,19 @@ def evaluate_trace(ids: np.ndarray, *, k: int = 5, depth: int = 2, max_test: int
     for r in train_reads:
         ours.observe(*r)
 
-    def served(r) -> list[str]:  # exactly the daemon's hint, as the cache's keys
+    distinct = len(set(seq))
+    caps = {s: max(1, int(distinct * s)) for s in CACHE_SHARES}
+    thresholds = {cap: [] for cap in caps.values()}
+
+    def served(r) -> dict[int, list[str]]:
+        """Exactly the daemon's hint to a node that names its cache size, as the cache's keys,
+        for each cache size; ``None``: to a node that gives none (the fixed floor)."""
         ours.observe(*r)
-        return [p.block_hash or str(p.chunk_index) for p in ours.propose("node", k)]
+        out = {None: [p.block_hash or str(p.chunk_index) for p in ours.propose("node", k)]}
+        for cap in caps.values():
+            thresholds[cap].append(ours.threshold("node", cap))
+            out[cap] = [p.block_hash or str(p.chunk_index) for p in ours.propose("node", k, cap)]
+        return out
 
     markov = SuccessorTable(capacity=1_000_000)
     markov.learn_sequence(train, node_id="eval")
@@ -151,22 +164,22 @@ def evaluate_trace(ids: np.ndarray, *, k: int = 5, depth: int = 2, max_test: int
         return markov.successors(b, k)
 
     test_spans = counts[cut:cut + max_test]
+    hints = [served(r) for r in test_reads]
+    ours_at = {cap: [h[cap] for h in hints] for cap in (None, *caps.values())}
     props = {
         NONE: None,
         "next-n-sequential": [[str(int(b) + j * span) for j in range(1, k + 1)]
                               for b, span in zip(test, test_spans)],
         "markov-successor": [successor(b) for b in test],
         "stride": _stride(addresses[cut:cut + max_test], addresses[cut - 1], k),
-        OURS: [served(r) for r in test_reads],
+        OURS: ours_at[caps[CACHE_SHARES[0]]],
     }
-    distinct = len(set(seq))
-    caps = {s: max(1, int(distinct * s)) for s in CACHE_SHARES}
     results: dict[str, dict[str, Any]] = {}
     baseline_misses = {}
     for method, p in props.items():
         row: dict[str, Any] = {}
         for share, cap in caps.items():
-            sim = simulate_cache(test, p, cap, depth)
+            sim = simulate_cache(test, ours_at[cap] if method == OURS else p, cap, depth)
             label = f"{share * 100:g}%"
             row[f"hit_ratio_cache_{label}"] = sim["hit_ratio"]
             if method == NONE:
@@ -178,6 +191,9 @@ def evaluate_trace(ids: np.ndarray, *, k: int = 5, depth: int = 2, max_test: int
         if p is not None:
             row[f"hit_at_{k}"], row[f"precision_at_{k}"] = _precision_hit(test, p, k)
         results[method] = row
+    # the same learner with the fixed floor instead of the learned one: what learning it buys
+    fixed_floor = {f"{s * 100:g}%": simulate_cache(test, ours_at[None], cap, depth)["hit_ratio"]
+                   for s, cap in caps.items()}
     rolling = {}
     for method in ("markov-successor", OURS):
         hits = np.array([test[i + 1] in props[method][i] for i in range(len(test) - 1)], float)
@@ -186,17 +202,21 @@ def evaluate_trace(ids: np.ndarray, *, k: int = 5, depth: int = 2, max_test: int
     return {"accesses": len(seq), "distinct": distinct, "train_accesses": len(train),
             "test_accesses": len(test), "cache_blocks": {f"{s * 100:g}%": c for s, c in caps.items()},
             "results": results, "rolling_hit": rolling, "net_gate": gate,
+            "fixed_floor_hit_ratio": fixed_floor,
+            "threshold_median": {f"{s * 100:g}%": float(np.median(thresholds[c]))
+                                 for s, c in caps.items()},
             "proposals": ours.calibration()}
 
 
 def run(paths: list[Path], out: Path, *, fmt: str, column: str = "lbn", seed: int = 0,
         max_accesses: int | None = 200_000, max_test: int = 50_000, k: int = 5, depth: int = 2,
-        epochs: int = 8, plots: bool = True) -> Evaluation:
+        epochs: int = 8, plots: bool = True, min_confidence: float = 0.1) -> Evaluation:
     traces = {}
     for path in paths:
         ids, spans = read_requests(path, fmt, column=column, limit=max_accesses)
         traces[path.name] = evaluate_trace(ids, k=k, depth=depth, max_test=max_test,
-                                           epochs=epochs, seed=seed, spans=spans)
+                                           epochs=epochs, seed=seed, spans=spans,
+                                           min_confidence=min_confidence)
     methods = list(next(iter(traces.values()))["results"])
     results = {}
     for m in methods:
@@ -215,7 +235,9 @@ def run(paths: list[Path], out: Path, *, fmt: str, column: str = "lbn", seed: in
                   f"(requests of oracleGeneral traces span size/512 sectors); stride prefetches "
                   "at a step seen twice in a row; ours is the daemon's prefetch learner, its "
                   "step net served only if it wins the daemon's gate on the newest tenth of the "
-                  f"training part; figures averaged over {len(traces)} trace(s)."),
+                  "training part, asked with each cache size so that its prefetch floor is what "
+                  f"a prefetch costs that cache (learned online); figures averaged over "
+                  f"{len(traces)} trace(s)."),
         results=results,
         details={"traces": {name: {key: v for key, v in t.items() if key != "rolling_hit"}
                             for name, t in traces.items()},
@@ -228,7 +250,10 @@ def run(paths: list[Path], out: Path, *, fmt: str, column: str = "lbn", seed: in
         ev.notes.append(f"`{name}`: {t['accesses']:,} accesses, {t['distinct']:,} distinct; "
                         f"1% cache = {t['cache_blocks']['1%']:,} blocks; hit ratio at 1%: "
                         + ", ".join(f"{m} {v:.3f}" for m, v in r.items())
-                        + f"; step net served: {t['net_gate']['net_served']}")
+                        + f"; step net served: {t['net_gate']['net_served']}; learned "
+                        f"prefetch floor at 1% (median) {t['threshold_median']['1%']:.4f}, hit "
+                        f"ratio with the fixed floor {min_confidence} instead "
+                        f"{t['fixed_floor_hit_ratio']['1%']:.3f}")
         ev.notes.append(gain_note(name, r))
     if plots:
         ev.plots = _plots(traces, out, k)

@@ -25,9 +25,15 @@ probability). A proposal two sources name falls in both. Each
 bucket keeps a decayed count of how many of its proposals the node read within ``horizon``
 accesses: that share is the proposal's confidence, calibrated online on the nodes' own reads
 (proposals are scored for the ``max_scored_nodes`` most recently active nodes; the buckets are
-shared by all). The ``k`` slots go to the most confident proposals; proposals below ``min_confidence`` are
+shared by all). The ``k`` slots go to the most confident proposals; proposals below a threshold are
 dropped, so on a stream where nothing comes true nothing is prefetched (and the cache behaves as
 LRU without prefetching).
+
+The threshold is what a prefetch costs. A node that says how many blocks its cache holds
+(``cache_blocks``) gets the threshold learned online from its own reads: the chance that the
+block a prefetch evicts from its LRU cache would have been read before leaving anyway, estimated
+from a sampled stack-distance profile (:class:`~pakit_stream.learners.reuse.ReuseProfile`). A
+node that does not say, or whose profile is still thin, gets ``min_confidence``.
 
 One class answers the daemon's hint, the retrain gates and ``pakit-stream evaluate``: the gates
 (:func:`judge_net`) build it as the daemon does and warm it on the daemon's window, so what is
@@ -51,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from pakit_stream.base_model import ModelConfig, OnlineModel
+from pakit_stream.learners.reuse import ReuseProfile
 from pakit_stream.learners.successors import SuccessorTable
 
 __all__ = ["Prefetcher", "Proposal", "delta_sequences", "judge_net", "SOURCES", "GATE_WARM_READS"]
@@ -143,13 +150,13 @@ class Prefetcher(OnlineModel):
                  horizon: int = 16, min_confidence: float = 0.1, max_k: int = 8,
                  successor_capacity: int = 200_000, max_nodes: int = 100_000,
                  max_streams: int = 100_000, max_positions: int = 200_000,
-                 max_scored_nodes: int = 4096, halflife: float = 2_000.0,
-                 prior: float = 4.0) -> None:
+                 max_scored_nodes: int = 4096, max_profiled_nodes: int = 1024,
+                 halflife: float = 2_000.0, prior: float = 4.0) -> None:
         super().__init__(model_config)
         self.window, self.horizon, self.min_confidence = window, horizon, min_confidence
         self.max_k, self.max_nodes, self.max_streams = max_k, max_nodes, max_streams
         self.max_positions, self.prior = max_positions, prior
-        self.max_scored_nodes = max_scored_nodes
+        self.max_scored_nodes, self.max_profiled_nodes = max_scored_nodes, max_profiled_nodes
         self.decay = 0.5 ** (1.0 / halflife)
         self.successors = SuccessorTable(capacity=successor_capacity, max_nodes=max_nodes)
         self._net = None
@@ -161,6 +168,7 @@ class Prefetcher(OnlineModel):
         # bucket, and source -> [read, proposed], decayed
         self._calibration: dict[Any, list[float]] = {}
         self._cached: OrderedDict[str, dict] = OrderedDict()
+        self._reuse: OrderedDict[str, ReuseProfile] = OrderedDict()  # node -> its reads' reuse
 
     @property
     def net(self):
@@ -180,6 +188,10 @@ class Prefetcher(OnlineModel):
         """Learn one read: score the node's open proposals, update its stream and the
         successor table, and open the proposals that follow it."""
         self._score(node_id, block_hash, object_id, chunk_index)
+        reuse = self._bounded(self._reuse, node_id, self.max_profiled_nodes)
+        if reuse is None:
+            reuse = self._reuse[node_id] = ReuseProfile()
+        reuse.observe(block_hash)
         self.successors.observe(node_id, block_hash)
         if object_id is not None and chunk_index is not None:
             stream = self._bounded(self._streams, (node_id, object_id), self.max_streams)
@@ -346,16 +358,27 @@ class Prefetcher(OnlineModel):
         top = np.argsort(-probs)[:k]
         return [(int(net.vocab[i]), float(probs[i])) for i in top if probs[i] > 0]
 
-    def propose(self, node_id: str, k: int = 5) -> list[Proposal]:
-        """The ``k`` most confident proposals after the node's last read, at least
-        ``min_confidence`` each, most confident first."""
+    def threshold(self, node_id: str, cache_blocks: int | None = None) -> float:
+        """The confidence a proposal needs to be served: with ``cache_blocks``, what a
+        prefetch into the node's LRU cache of that size costs (the eviction hazard of its reads,
+        :meth:`ReuseProfile.hazard <pakit_stream.learners.reuse.ReuseProfile.hazard>`);
+        without it, or before enough of its reads were sampled, ``min_confidence``."""
+        reuse = self._reuse.get(node_id) if cache_blocks else None
+        cost = None if reuse is None else reuse.hazard(cache_blocks)
+        return self.min_confidence if cost is None else cost
+
+    def propose(self, node_id: str, k: int = 5,
+                cache_blocks: int | None = None) -> list[Proposal]:
+        """The ``k`` most confident proposals after the node's last read, most confident
+        first, each at least :meth:`threshold` (for a cache of ``cache_blocks``)."""
         candidates = self._cached.get(node_id)
         if candidates is None:
             candidates = self._candidates(node_id, self.max_k)
+        floor = self.threshold(node_id, cache_blocks)
         ranked = []
         for proposal, buckets in candidates.values():
             c, source = max((self.confidence(b), b[0]) for b in buckets)
-            if c >= self.min_confidence:  # named by the surest of the sources that name it
+            if c >= floor:  # named by the surest of the sources that name it
                 ranked.append(Proposal(proposal.block_hash, proposal.object_id,
                                        proposal.chunk_index, c, source))
         ranked.sort(key=lambda p: -p.confidence)
@@ -377,12 +400,14 @@ class Prefetcher(OnlineModel):
         return False
 
     def predict(self, request: Mapping[str, Any]) -> list[Proposal]:
-        """``{node_id, k}``: :meth:`propose` for a node whose reads this learner has seen.
-        For a node it has not seen, ``recent_accesses`` (hashes, most recent last) asks the
-        successor table alone."""
+        """``{node_id, k, cache_blocks}``: :meth:`propose` for a node whose reads this learner
+        has seen (``cache_blocks``, optional, is the size of the node's cache in blocks). For a
+        node it has not seen, ``recent_accesses`` (hashes, most recent last) asks the successor
+        table alone."""
         node, k = request.get("node_id"), int(request.get("k", 5))
+        cache = request.get("cache_blocks")
         if node is not None and self.knows(node):
-            return self.propose(node, k)
+            return self.propose(node, k, None if cache is None else int(cache))
         recent = request.get("recent_accesses") or []
         if not recent:
             return []
@@ -418,6 +443,11 @@ class Prefetcher(OnlineModel):
         state["_cached"] = OrderedDict()  # proposals are remade at the next read
         state["_net"] = None  # the batch model is loaded from the registry, not checkpointed
         return state
+
+    def __setstate__(self, state):
+        state.setdefault("_reuse", OrderedDict())  # checkpoints from before the reuse profiles
+        state.setdefault("max_profiled_nodes", 1024)
+        super().__setstate__(state)
 
     def __len__(self) -> int:
         return len(self.successors)

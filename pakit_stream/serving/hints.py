@@ -1,8 +1,9 @@
 """Hints for nodes, answered from the learners' current state without waiting on ingestion.
 
-Agents apply each Kafka message synchronously on the event loop, so between two messages the
-learners are always in a consistent state; a hint is computed in one synchronous step at such a
-point and never awaits event processing. Each hint says where its answer came from: ``learned``,
+Agents apply each Kafka message on the event loop in slices of events
+(:meth:`Pipeline.handle_sliced <pakit_stream.pipeline.Pipeline.handle_sliced>`), so between two
+slices every learner has whole events applied; a hint is computed in one synchronous step at
+such a point and never awaits event processing. Each hint says where its answer came from: ``learned``,
 ``explore`` (gossip exploration) or ``fallback`` (random peer; push with fanout 6 / TTL 10; exact
 match only; nothing to prefetch).
 
@@ -68,6 +69,7 @@ class PrefetchHintRequest(Struct, forbid_unknown_fields=True):
     node_id: Identifier | None = None
     recent_accesses: Annotated[list[BlockHash], Meta(max_length=64)] = []
     k: Annotated[int, Meta(ge=1, le=100)] = 5
+    cache_blocks: Annotated[int, Meta(ge=1, le=1 << 40)] | None = None
 
     def __post_init__(self):
         if self.node_id is None and not self.recent_accesses:
@@ -184,22 +186,26 @@ class HintService:
         return answer
 
     def prefetch(self, body: bytes) -> dict:
-        """``{node_id, recent_accesses, k}`` → ``{blocks, positions, proposals, model_version,
-        source}``: the prefetch learner's most confident proposals after the node's last read
-        (:class:`~pakit_stream.learners.prefetch.Prefetcher`; for a node it has not seen, the
-        successors of the last of ``recent_accesses``). ``blocks`` are the proposals whose
+        """``{node_id, recent_accesses, k, cache_blocks}`` → ``{blocks, positions, proposals,
+        threshold, model_version, source}``: the prefetch learner's most confident proposals
+        after the node's last read (:class:`~pakit_stream.learners.prefetch.Prefetcher`; for a
+        node it has not seen, the successors of the last of ``recent_accesses``). With
+        ``cache_blocks`` (the node's LRU cache size in blocks), the confidence threshold is what a
+        prefetch costs that cache, learned from the node's reads (``threshold``). ``blocks`` are the proposals whose
         hash is known; ``positions`` the ``(object_id, chunk_index)`` of the others, which
         the node resolves in its own DAG. Nothing confident enough: empty lists, ``fallback``."""
         started = time.perf_counter()
         req = self._parse("prefetch", body, PrefetchHintRequest)
         prefetcher = self.pipeline.prefetcher
         picks = prefetcher.predict({"node_id": req.node_id, "k": req.k,
-                                    "recent_accesses": req.recent_accesses})
+                                    "recent_accesses": req.recent_accesses,
+                                    "cache_blocks": req.cache_blocks})
         net = prefetcher.net
         answer = {"blocks": [p.block_hash for p in picks if p.block_hash],
                   "positions": [{"object_id": p.object_id, "chunk_index": p.chunk_index}
                                 for p in picks if not p.block_hash],
                   "proposals": [p.as_dict() for p in picks],
+                  "threshold": round(prefetcher.threshold(req.node_id, req.cache_blocks), 6),
                   "source": "learned" if picks else "fallback",
                   "model_version": net.version if any(p.source == "net" for p in picks)
                   else None}
