@@ -88,7 +88,7 @@ def make_events(n: int, seed: int = 1) -> dict[str, list[bytes]]:
     for i in range(counts["pakit.gossip"]):
         size, loss = int(rng.choice([50, 200, 1000])), float(rng.choice([0.0, 0.05]))
         fanout, ttl = int(rng.integers(2, 9)), int(rng.integers(3, 12))
-        cov, msgs = gossip_round(size, fanout, ttl, loss, rng)
+        cov, msgs, _ = gossip_round(size, fanout, ttl, loss, rng)
         out["pakit.gossip"].append(enc({
             "event_type": "gossip_round", "node_id": nodes[i % 32], "ts": 1.7e9 + i,
             "network_size": size, "avg_latency_ms": 40.0, "message_loss_rate": loss,

@@ -191,7 +191,7 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                     for record in records:
                         read = record.offset + 1
                         try:
-                            name = retrainer.adopt(record.value)
+                            name = await retrainer.adopt(record.value)
                         except Exception:
                             log.exception("refused a published model at offset %s", record.offset)
                             continue
@@ -328,6 +328,16 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
         pipeline.forget(f"{tp.topic}/{tp.partition}")
         metrics.log_resets.labels(topic=tp.topic).inc()
         await app.consumer.seek(tp, 0)
+
+    @app.task
+    async def watch_loop() -> None:
+        """How late the event loop runs a callback that is due: what every hint waits for on
+        top of its own work (``pakit_stream_event_loop_lag_seconds``)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + 0.01
+            await asyncio.sleep(0.01)
+            metrics.loop_lag.observe(max(0.0, loop.time() - due))
 
     @app.timer(1.0, name="pakit_stream.lag")
     async def measure_lag() -> None:

@@ -79,6 +79,10 @@ class Metrics:
                                    namespace=ns, registry=r)
         self.checkpoint_seconds = Histogram("checkpoint_seconds", "Time to write a checkpoint.",
                                             namespace=ns, registry=r)
+        self.loop_lag = Histogram(
+            "event_loop_lag_seconds", "How late the event loop ran a timer that was due (every "
+            "10 ms): the wait every hint has on top of its own work.", namespace=ns, registry=r,
+            buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0))
         self.hints_routed = Counter(
             "hints_routed_total", "Hints about a node another worker owns: forwarded to it and "
             "answered, or answered here because the owner did not answer in time.",

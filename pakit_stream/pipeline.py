@@ -120,7 +120,8 @@ class Pipeline:
         #: each kind of proposal came true (one object for hints, gates and evaluate)
         self.prefetcher = Prefetcher(successor_capacity=s.successor_capacity,
                                      min_confidence=s.prefetch_min_confidence,
-                                     horizon=s.prefetch_horizon)
+                                     horizon=s.prefetch_horizon,
+                                     score_every=s.prefetch_score_every)
         #: chooses codecs: online cost tables and experts (a served net joins as one)
         self.codec = CodecCostModel(cpu_bytes_per_us=s.codec_cpu_bytes_per_us,
                                     probe_us=s.codec_probe_us, lookup_us=s.codec_lookup_us,
@@ -193,12 +194,19 @@ class Pipeline:
     def codec_model(self, model) -> None:
         us = 0.0
         if model is not None:
-            s = self.settings
-            probe = {"block_size": 65536, "probe_ratio": 0.5, "entropy": 5.0}
-            us = s.codec_probe_us + s.codec_entropy_us + forward_us(
-                model, self.features.extract_features({"event_type": "block_stored", **probe}))
+            us = getattr(model, "ask_us", None)
+            if us is None:  # not measured where it was loaded
+                us = self.codec_ask_us(model)
         self.codec.attach_net(model, us, getattr(model, "relative_cost", None))
         self._codec_model = model
+
+    def codec_ask_us(self, model) -> float:
+        """What asking the codec net costs a node, µs: the probe, the entropy and a forward
+        pass (measured here, on a typical block's features)."""
+        s = self.settings
+        probe = {"block_size": 65536, "probe_ratio": 0.5, "entropy": 5.0}
+        return s.codec_probe_us + s.codec_entropy_us + forward_us(
+            model, self.features.extract_features({"event_type": "block_stored", **probe}))
 
     # -- per message ------------------------------------------------------------------------
     def handle(self, topic: str, partition: int, offset: int, value: bytes | None

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from pakit_stream.exceptions import ModelLoadError
 from pakit_stream.learners.prefetch import judge_net
 from pakit_stream.pipeline import Pipeline
@@ -43,6 +45,24 @@ MODELS = {CODEC_MODEL: (ServedCodecModel, "codec_model"),
           PREFETCH_MODEL: (ServedPrefetchModel, "prefetch_model")}
 
 
+async def _write_job(job: dict[str, Any], f, chunk: int = 500) -> None:
+    """Write the job as JSON a chunk of samples at a time, yielding to the loop between chunks
+    (a window of 100k samples, encoded at once, would hold it for a second)."""
+    encode = msgspec.json.encode
+    rest = {k: v for k, v in job.items() if k not in ("train", "holdout")}
+    f.write(encode(rest)[:-1])
+    for key in ("train", "holdout"):
+        samples = job[key]
+        f.write(b',"%s":[' % key.encode())
+        for i in range(0, len(samples), chunk):
+            if i:
+                f.write(b",")
+            f.write(encode(samples[i:i + chunk])[1:-1])
+            await asyncio.sleep(0)
+        f.write(b"]")
+    f.write(b"}")
+
+
 class Retrainer:
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self.settings, self.pipeline = settings, pipeline
@@ -57,20 +77,36 @@ class Retrainer:
 
     def load_serving(self, name: str = CODEC_MODEL) -> bool:
         """Swap the registry's serving version in; a bad file is refused and nothing changes."""
+        return self._swap(name, self._prepare(name))
+
+    async def load_serving_async(self, name: str = CODEC_MODEL) -> bool:
+        """:meth:`load_serving`, with the file's check and load (and, for the codec net, the
+        timing of its forward pass) in a thread, so that only the swap runs on the loop."""
+        loop = asyncio.get_running_loop()
+        return self._swap(name, await loop.run_in_executor(None, self._prepare, name))
+
+    def _prepare(self, name: str):
+        """The serving version, verified and loaded; ``None`` if there is none or it is bad."""
         version = self.registry.serving(name)
         if version is None:
-            return False
-        served_class, attribute = MODELS[name]
+            return None
+        served_class, _ = MODELS[name]
         try:
             model = served_class(self.registry.verified_file(name, version))
         except ModelLoadError:
             log.exception("serving %s %s refused; keeping the current model", name, version)
-            return False
+            return None
         if name == CODEC_MODEL:  # the gate's evidence: how much cheaper it chose (a share)
             gate = self.registry.metadata(name, version).get("gate") or {}
             model.relative_cost = relative_cost(gate.get("candidate_score"))
-        setattr(self.pipeline, attribute, model)  # one assignment: the swap
-        self.metrics.serving.labels(model=name).info({"version": version})
+            model.ask_us = self.pipeline.codec_ask_us(model)
+        return model
+
+    def _swap(self, name: str, model) -> bool:
+        if model is None:
+            return False
+        setattr(self.pipeline, MODELS[name][1], model)  # one assignment: the swap
+        self.metrics.serving.labels(model=name).info({"version": model.version})
         return True
 
     def load_all(self) -> None:
@@ -131,8 +167,8 @@ class Retrainer:
                "window": {"samples": size, "reason": reason, "ended": time.time()}}
         self.last_run[name] = time.time()
         started = time.perf_counter()
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(job, f)
+        with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
+            await _write_job(job, f)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pakit_stream.retrain_worker", f.name,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -150,16 +186,20 @@ class Retrainer:
         result = json.loads(out.decode().strip().splitlines()[-1])
         self.metrics.retrain_samples.labels(model=name).set(result["samples"])
         log.info("retrain of %s (%s): %s", name, reason, result["reason"])
-        return self._judged(name, result, started)
+        if result["accepted"]:
+            await self.load_serving_async(name)
+        return self._judged(name, result, started, loaded=True)
 
-    def _judged(self, name: str, result: dict[str, Any], started: float) -> dict[str, Any]:
-        """Count a gate's verdict and swap an accepted version in."""
+    def _judged(self, name: str, result: dict[str, Any], started: float,
+                loaded: bool = False) -> dict[str, Any]:
+        """Count a gate's verdict and swap an accepted version in (unless ``loaded``)."""
         m = self.metrics
         outcome = "accepted" if result["accepted"] else "rejected"
         m.retrains.labels(model=name, outcome=outcome).inc()
         m.retrain_seconds.labels(model=name).observe(time.perf_counter() - started)
         if result["accepted"]:
-            self.load_serving(name)
+            if not loaded:
+                self.load_serving(name)
             self._changed(name)
             if name == PREFETCH_MODEL:
                 m.prefetch_holdout.set(result["candidate_score"])
@@ -181,7 +221,8 @@ class Retrainer:
         """How the daemon's prefetch learner is built: the gates build theirs the same way."""
         s = self.settings
         return {"min_confidence": s.prefetch_min_confidence, "horizon": s.prefetch_horizon,
-                "successor_capacity": s.successor_capacity}
+                "successor_capacity": s.successor_capacity,
+                "score_every": s.prefetch_score_every}
 
     def served_score(self, name: str, model, holdout, train=()) -> float:
         """The gate's score of a served model: for the codec net, how much cheaper it is
@@ -232,13 +273,15 @@ class Retrainer:
             except Exception:  # publishing must not undo what was served
                 log.exception("could not announce the new serving version of %s", name)
 
-    def adopt(self, record: bytes) -> str | None:
+    async def adopt(self, record: bytes) -> str | None:
         """Serve a version another worker published (see :meth:`ModelRegistry.adopt`); returns
-        the model name, or None when this worker already served it (its own publication)."""
-        name, version = self.registry.adopt(record)
+        the model name, or None when this worker already served it (its own publication). The
+        record is checked, written and loaded in a thread; only the swap runs on the loop."""
+        loop = asyncio.get_running_loop()
+        name, version = await loop.run_in_executor(None, self.registry.adopt, record)
         served = getattr(self.pipeline, MODELS[name][1])
         if served is not None and served.version == version:
             return None
-        if not self.load_serving(name):
+        if not await self.load_serving_async(name):
             raise ModelLoadError(f"{name}: the adopted version could not be loaded")
         return name

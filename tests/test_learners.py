@@ -782,6 +782,18 @@ def test_prefetch_threshold_is_what_a_prefetch_costs_the_nodes_cache():
     assert p.predict({"node_id": "n", "k": 2, "cache_blocks": 100})
 
 
+def test_a_prefetcher_scoring_a_sample_of_reads_still_proposes_after_every_read():
+    every, sampled = Prefetcher(halflife=1e9), Prefetcher(score_every=4, halflife=1e9)
+    for i in range(2000):
+        _read(every, "n", 5 * i)
+        _read(sampled, "n", 5 * i)
+    scored = (sampled.calibration()["stride"]["scored"], every.calibration()["stride"]["scored"])
+    assert 0.15 < scored[0] / scored[1] < 0.35  # about one read in four opens its proposals
+    for i in range(2000, 2010):  # after a read whose proposals were not scored, too
+        _read(sampled, "n", 5 * i)
+        assert [x.chunk_index for x in sampled.propose("n", k=2)] == [5 * i + 5, 5 * i + 10]
+
+
 def test_a_restored_prefetcher_keeps_learning_and_proposing(tmp_path):
     p = Prefetcher(ModelConfig(key=KEY))
     for i in range(50):

@@ -203,13 +203,18 @@ class CodecCostModel(OnlineModel):
         cell = self._cells.get(key)
         if cell is None:
             return prior
-        with np.errstate(invalid="ignore", divide="ignore"):
-            own = (cell[1] + self.cpu_bytes_per_us * cell[2]) / cell[0]
+        raw = cell[0]
+        own = np.divide(cell[1] + self.cpu_bytes_per_us * cell[2], raw,
+                        out=np.full(len(raw), np.nan), where=raw > 0)
         if prior is None:
             return own
         w = self._counts[key] / (self._counts[key] + self.shrinkage)
-        return np.where(np.isnan(own), prior,
-                        np.where(np.isnan(prior), own, w * own + (1 - w) * prior))
+        mixed = w * own + (1 - w) * prior  # nan where either is
+        unmeasured = np.isnan(own)
+        mixed[unmeasured] = prior[unmeasured]
+        alone = np.isnan(prior) & ~unmeasured
+        mixed[alone] = own[alone]
+        return mixed
 
     def _expert_rates(self, size: int, recent: float | None, probe: float | None
                       ) -> dict[str, np.ndarray | None]:
@@ -221,10 +226,14 @@ class CodecCostModel(OnlineModel):
         return {"size": by_size, "recent": by_recent, "probe": self._shrink(sp, by_size),
                 "recent+probe": self._shrink(srp, by_recent)}
 
-    def _pick(self, rate: np.ndarray | None) -> int | None:
-        if rate is None or np.all(np.isnan(rate)):
+    @staticmethod
+    def _pick(rate: np.ndarray | None) -> int | None:
+        """The cheapest codec by ``rate`` (the first of equals), ``None`` if none was measured."""
+        if rate is None:
             return None
-        return int(np.nanargmin(rate))
+        best = np.where(np.isnan(rate), np.inf, rate)
+        i = int(best.argmin())
+        return None if best[i] == np.inf else i
 
     # -- learning -------------------------------------------------------------------------------
     def learn_one(self, x: Mapping[str, Any], costs: Mapping[str, tuple[float, float]]) -> None:

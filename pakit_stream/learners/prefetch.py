@@ -24,8 +24,9 @@ run's length, the stride's support in the window, the successor's share and coun
 probability). A proposal two sources name falls in both. Each
 bucket keeps a decayed count of how many of its proposals the node read within ``horizon``
 accesses: that share is the proposal's confidence, calibrated online on the nodes' own reads
-(proposals are scored for the ``max_scored_nodes`` most recently active nodes; the buckets are
-shared by all). The ``k`` slots go to the most confident proposals; proposals below a threshold are
+(proposals are scored after a pseudo-random one in ``score_every`` reads, for the
+``max_scored_nodes`` most recently active nodes; the buckets are shared by all; the proposals
+after the other reads are made only when the node asks). The ``k`` slots go to the most confident proposals; proposals below a threshold are
 dropped, so on a stream where nothing comes true nothing is prefetched (and the cache behaves as
 LRU without prefetching).
 
@@ -151,12 +152,14 @@ class Prefetcher(OnlineModel):
                  successor_capacity: int = 200_000, max_nodes: int = 100_000,
                  max_streams: int = 100_000, max_positions: int = 200_000,
                  max_scored_nodes: int = 4096, max_profiled_nodes: int = 1024,
-                 halflife: float = 2_000.0, prior: float = 4.0) -> None:
+                 score_every: int = 1, halflife: float = 2_000.0, prior: float = 4.0) -> None:
         super().__init__(model_config)
         self.window, self.horizon, self.min_confidence = window, horizon, min_confidence
         self.max_k, self.max_nodes, self.max_streams = max_k, max_nodes, max_streams
         self.max_positions, self.prior = max_positions, prior
         self.max_scored_nodes, self.max_profiled_nodes = max_scored_nodes, max_profiled_nodes
+        self.score_every = score_every
+        self._scored_share = 0x10000 // score_every
         self.decay = 0.5 ** (1.0 / halflife)
         self.successors = SuccessorTable(capacity=successor_capacity, max_nodes=max_nodes)
         self._net = None
@@ -187,7 +190,7 @@ class Prefetcher(OnlineModel):
                 chunk_index: int | None = None, chunk_count: int = 1) -> None:
         """Learn one read: score the node's open proposals, update its stream and the
         successor table, and open the proposals that follow it."""
-        self._score(node_id, block_hash, object_id, chunk_index)
+        clock = self._score(node_id, block_hash, object_id, chunk_index)
         reuse = self._bounded(self._reuse, node_id, self.max_profiled_nodes)
         if reuse is None:
             reuse = self._reuse[node_id] = ReuseProfile()
@@ -212,9 +215,12 @@ class Prefetcher(OnlineModel):
             self._remember(self._position, block_hash, (object_id, chunk_index),
                            self.max_positions)
         self._remember(self._last, node_id, (block_hash, object_id, chunk_index), self.max_nodes)
-        candidates = self._candidates(node_id, self.max_k)
-        self._remember(self._cached, node_id, candidates, self.max_nodes)
-        self._open(node_id, candidates)
+        if (clock * 0x9E3779B1) & 0xFFFF < self._scored_share:  # a sample of the reads
+            candidates = self._candidates(node_id, self.max_k)
+            self._remember(self._cached, node_id, candidates, self.max_nodes)
+            self._open(node_id, candidates)
+        else:
+            self._cached.pop(node_id, None)  # made when the node asks
         self.n_updates += 1
 
     def learn_record(self, record: Mapping[str, Any]) -> None:
@@ -234,7 +240,7 @@ class Prefetcher(OnlineModel):
         self._bounded(table, key, cap)
         table[key] = value
 
-    def _score(self, node_id: str, block_hash: str, object_id, chunk_index) -> None:
+    def _score(self, node_id: str, block_hash: str, object_id, chunk_index) -> int:
         out = self._bounded(self._outcomes, node_id, self.max_scored_nodes)
         if out is None:
             out = self._outcomes[node_id] = _Outcomes()
@@ -260,6 +266,7 @@ class Prefetcher(OnlineModel):
             for pid, bucket in out.open.pop(key, ()):
                 self._credit(bucket, 1.0)
                 out.read.add(pid)
+        return clock
 
     def _credit(self, bucket: tuple, read: float) -> None:
         d = self.decay
@@ -374,6 +381,7 @@ class Prefetcher(OnlineModel):
         candidates = self._cached.get(node_id)
         if candidates is None:
             candidates = self._candidates(node_id, self.max_k)
+            self._remember(self._cached, node_id, candidates, self.max_nodes)
         floor = self.threshold(node_id, cache_blocks)
         ranked = []
         for proposal, buckets in candidates.values():
@@ -447,6 +455,8 @@ class Prefetcher(OnlineModel):
     def __setstate__(self, state):
         state.setdefault("_reuse", OrderedDict())  # checkpoints from before the reuse profiles
         state.setdefault("max_profiled_nodes", 1024)
+        state.setdefault("score_every", 1)
+        state.setdefault("_scored_share", 0x10000)
         super().__setstate__(state)
 
     def __len__(self) -> int:
