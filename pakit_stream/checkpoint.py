@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -89,6 +90,10 @@ class CheckpointStore:
                     mark = tuple(sorted(pipeline.offsets.items()))
                     held = time.perf_counter()
                     child = self._fork_write(pipeline, tmp) if _FORK else None
+                    # what lives now (mostly learner state) is left out of later collections:
+                    # a full collection over millions of learner objects holds the loop for
+                    # hundreds of ms, and touching them copies the child's pages
+                    gc.freeze()
                     if child is None:
                         persist.write_file(tmp, persist.dumps(pipeline.snapshot(), self.key))
                     m.checkpoint_hold_seconds.observe(time.perf_counter() - held)
@@ -120,6 +125,7 @@ class CheckpointStore:
         if pid:
             return pid
         code = 1  # the child: nothing here may touch the parent's loop, logging or sockets
+        gc.disable()  # a collection would touch, and so copy, every page of the image
         try:
             persist.write_file(tmp, persist.dumps(pipeline.snapshot(), self.key))
             code = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 import importlib.util
 import logging
@@ -42,6 +43,9 @@ def run_daemon(settings: Settings, loglevel: str = "info") -> None:
     # a thread that holds the GIL (a model check, a load) hands it back to the event loop
     # every 0.5 ms rather than every 5 ms, so that it delays a hint by that much at most
     sys.setswitchinterval(0.0005)
+    # the learners allocate small objects by the million; young collections every 700 of them
+    # add up to a share of the loop, and the old ones are frozen at each checkpoint
+    gc.set_threshold(50_000, 20, 100)
     import faust
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,15 @@
 The daemon writes JOB (JSON: the training samples, the held-out window, the model store, the
 thread budget) and starts this module as a subprocess: a fresh process (spawned, never forked
 from the daemon), where importing torch cannot disturb the event loop. It trains a candidate,
-registers it, puts it through the gate on the held-out window, and prints one JSON line.
+registers it, puts it through the gate on the held-out window, and prints one JSON line. It
+runs at a lower priority (nice 10), so that on a small machine training does not slow the
+daemon's hints.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -92,6 +95,8 @@ def run(job: dict) -> dict:
 
 
 def main() -> int:
+    if hasattr(os, "nice"):  # training yields the cores to the daemon that serves hints
+        os.nice(10)
     job = json.loads(Path(sys.argv[1]).read_text())
     result = run(job)
     print(json.dumps(result, default=str), flush=True)
