@@ -251,8 +251,9 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
         """Every worker learns every partition of the global topics, reading them outside the
         consumer group (as a Kafka Streams GlobalKTable is read), from the offsets its
         checkpoint saved under the global scope. The group's owner of a partition validates
-        and dead-letters its messages; here only a learner's failure on an event of a
-        partition this worker owns is dead-lettered (the others are counted)."""
+        and dead-letters its messages; a learner's failure on an event, which only the
+        readers see, is dead-lettered by each worker (the ``pakit-source`` header tells the
+        copies apart from distinct failures)."""
         while True:
             try:
                 await _follow_global()
@@ -279,14 +280,12 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                 if not tps:
                     await asyncio.sleep(1)
             consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
             for tp in tps:
                 key = f"{GLOBAL_SCOPE}{tp.topic}/{tp.partition}"
-                saved = pipeline.offsets.get(key)
-                if saved is None or resume.shrank(ends[tp], saved):
-                    pipeline.forget(key)
+                saved = pipeline.offsets.get(key, pipeline.legacy_global_offsets.get(key))
+                if saved is None:
                     await consumer.seek_to_beginning(tp)
-                else:
+                else:  # a log recreated shorter is caught below, by its fetch high-water mark
                     consumer.seek(tp, saved)
             handle = pipeline.handle_sliced
             while True:
@@ -302,10 +301,22 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                 for tp, records in batches.items():
                     for record in records:
                         async with pipeline.applying():
-                            rejects = await handle(tp.topic, tp.partition, record.offset,
-                                                   record.value, scope=GLOBAL_SCOPE, count=False)
+                            try:
+                                rejects = await handle(tp.topic, tp.partition, record.offset,
+                                                       record.value, scope=GLOBAL_SCOPE,
+                                                       count=False)
+                            except Exception as exc:  # a bug must not stall global learning
+                                log.exception("global %s/%s/%s failed", tp.topic, tp.partition,
+                                              record.offset)
+                                rejects = [Rejected(record.value or b"",
+                                                    f"internal error: {exc!r}", "error")]
+                                pipeline.mark(f"{GLOBAL_SCOPE}{tp.topic}/{tp.partition}",
+                                              record.offset, record.value)
+                            # a learner's failure is not the group owner's to see (it only
+                            # validates): every worker dead-letters it, with the same source
+                            # header, so none is lost and duplicates are recognisable
                             failed = [r for r in rejects or () if r.kind == "error"]
-                            if failed and tp in app.consumer.assignment():
+                            if failed:
                                 metrics.events.labels(topic=tp.topic, outcome="error").inc(
                                     len(failed))
                                 await to_dlq(failed, record)
@@ -399,7 +410,7 @@ def _add_views(app: faust.App, hints: HintService, retrainer: Retrainer,
                settings: Settings) -> None:
     registry = hints.pipeline.metrics.registry
     admin_token = settings.admin_token
-    own_url = advertised_url(settings)
+    own_url = str(app.conf.canonical_url).rstrip("/")  # as the assignment spells it
     routed = hints.pipeline.metrics.hints_routed
     session = []  # one aiohttp session, made on first use (inside the running loop)
 

@@ -22,6 +22,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -41,11 +42,15 @@ _FORK = hasattr(os, "fork")
 class CheckpointStore:
     """Writes and restores ``<data_dir>/checkpoints/daemon.ckpt``."""
 
-    def __init__(self, data_dir: Path, key: bytes, name: str = "daemon") -> None:
+    def __init__(self, data_dir: Path, key: bytes, name: str = "daemon",
+                 writer_timeout_s: float = 300.0, unfreeze_every: int = 720) -> None:
         self.path = Path(data_dir) / "checkpoints" / f"{name}.ckpt"
         self.key = key
         self._lock = asyncio.Lock()
         self._written: tuple | None = None  # the offsets the file on disk reflects
+        self._serial = self._frozen = 0
+        self.writer_timeout_s = writer_timeout_s
+        self.unfreeze_every = unfreeze_every
 
     def load(self) -> dict[str, Any] | None:
         """The saved snapshot, or ``None`` if there is none; a bad file raises ModelLoadError."""
@@ -74,50 +79,81 @@ class CheckpointStore:
     async def checkpoint(self, pipeline: Pipeline,
                          flush: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Snapshot now, flush what the covered messages produced, write; never raises."""
-        if self._lock.locked():  # a slow write is still going: skip, the next tick catches up
-            return False
         m = pipeline.metrics
+        if self._lock.locked():  # a slow write is still going: skip, the next tick catches up
+            m.checkpoints.labels(outcome="skipped").inc()
+            log.warning("checkpoint skipped: the previous one is still being written")
+            return False
         if tuple(sorted(pipeline.offsets.items())) == self._written and self.path.exists():
             m.checkpoints.labels(outcome="unchanged").inc()
             m.checkpoint_timestamp.set(time.time())
             return True
         async with self._lock:
             started = time.perf_counter()
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            self._serial += 1  # a name of its own: a late child never writes the next one's file
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{self._serial}.tmp")
+            child = None
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 async with pipeline.quiet():
                     mark = tuple(sorted(pipeline.offsets.items()))
                     held = time.perf_counter()
                     child = self._fork_write(pipeline, tmp) if _FORK else None
-                    # what lives now (mostly learner state) is left out of later collections:
-                    # a full collection over millions of learner objects holds the loop for
-                    # hundreds of ms, and touching them copies the child's pages
-                    gc.freeze()
+                    self._freeze()
                     if child is None:
                         persist.write_file(tmp, persist.dumps(pipeline.snapshot(), self.key))
                     m.checkpoint_hold_seconds.observe(time.perf_counter() - held)
                 if flush is not None:
                     await flush()
                 if child is not None:
-                    _, status = await asyncio.get_running_loop().run_in_executor(
-                        None, os.waitpid, child, 0)
+                    status = await self._wait(child)
+                    child = None
                     if os.waitstatus_to_exitcode(status) != 0:
                         raise ModelLoadError(f"the checkpoint writer exited with status {status}")
                 size = tmp.stat().st_size
                 persist.replace(tmp, self.path)
             except Exception:
-                with contextlib.suppress(OSError):  # the directory itself may be the fault
-                    tmp.unlink(missing_ok=True)
                 m.checkpoints.labels(outcome="failed").inc()
                 log.exception("checkpoint to %s failed; learner state is still served", self.path)
                 return False
+            finally:
+                if child is not None:  # failed or cancelled while the child ran: stop it
+                    _reap(child, kill=True)
+                with contextlib.suppress(OSError):  # the directory itself may be the fault
+                    tmp.unlink(missing_ok=True)
             self._written = mark
             m.checkpoints.labels(outcome="ok").inc()
             m.checkpoint_seconds.observe(time.perf_counter() - started)
             m.checkpoint_bytes.set(size)
             m.checkpoint_timestamp.set(time.time())
             return True
+
+    async def _wait(self, child: int) -> int:
+        """The child's exit status; a child still running after ``writer_timeout_s`` is
+        killed and its checkpoint counts as failed."""
+        deadline = time.monotonic() + self.writer_timeout_s
+        while True:
+            pid, status = os.waitpid(child, os.WNOHANG)
+            if pid:
+                return status
+            if time.monotonic() > deadline:
+                raise ModelLoadError(f"the checkpoint writer ran past {self.writer_timeout_s} s")
+            await asyncio.sleep(0.05)
+
+    def _freeze(self) -> None:
+        """Leave what lives now (mostly learner state) out of later collections: a full
+        collection over millions of learner objects holds the loop for hundreds of ms, and
+        touching them copies the forked child's pages. Cycles that die while frozen are not
+        collected, so once every ``unfreeze_every`` checkpoints everything is thawed and
+        collected (one full collection, about an hour apart by default)."""
+        self._frozen += 1
+        if self._frozen >= self.unfreeze_every:
+            self._frozen = 0
+            gc.unfreeze()
+            gc.collect()
+        else:
+            gc.collect(1)  # young garbage is not frozen with the rest
+        gc.freeze()
 
     def _fork_write(self, pipeline: Pipeline, tmp: Path) -> int:
         """Fork a child that writes the snapshot to ``tmp`` and exits; returns its pid."""
@@ -133,3 +169,10 @@ class CheckpointStore:
             os.write(2, traceback.format_exc().encode())
         finally:
             os._exit(code)
+
+
+def _reap(pid: int, kill: bool = False) -> None:
+    with contextlib.suppress(ProcessLookupError, ChildProcessError):
+        if kill:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

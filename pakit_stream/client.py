@@ -68,7 +68,8 @@ def fallback(kind: str, request: dict[str, Any], error: str,
     base = {"source": "fallback", "error": error}
     if kind == "peer":
         peers = request["available_peers"]
-        return {"peer_id": (rng or random).choice(peers), "score": None, **base}
+        return {"peer_id": (rng or random).choice(peers) if peers else None, "score": None,
+                **base}
     if kind == "network":
         return {"mode": "push", "fanout": FALLBACK_FANOUT, "ttl": FALLBACK_TTL,
                 "pull_rounds": 0, "expected_coverage": None, "expected_payload_per_node": None,

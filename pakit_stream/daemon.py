@@ -66,5 +66,10 @@ def run_daemon(settings: Settings, loglevel: str = "info") -> None:
         except SystemExit:
             pass
         finally:
-            size = app.pakit["checkpoints"].write_now(app.pakit["pipeline"])
-            log.info("final checkpoint written (%d bytes)", size)
+            pipeline = app.pakit["pipeline"]
+            if pipeline.interrupted:  # a message was cut off between two of its slices
+                log.warning("no final checkpoint: a message was stopped half applied; the last "
+                            "periodic checkpoint stands and its messages are replayed")
+            else:
+                size = app.pakit["checkpoints"].write_now(pipeline)
+                log.info("final checkpoint written (%d bytes)", size)

@@ -147,6 +147,10 @@ class Pipeline:
         self.applied: dict[str, int] = dict.fromkeys(TOPICS, 0)
         self._per_event = dict.fromkeys(TOPICS, 20e-6)  # seconds per event, measured
         self._in_flight = 0
+        #: where the global reader starts partitions an older checkpoint has no offset for
+        self.legacy_global_offsets: dict[str, int] = {}
+        #: a message was cancelled between two of its slices: the state holds part of it
+        self.interrupted = False
         self._open, self._idle = asyncio.Event(), asyncio.Event()
         self._open.set()
         self.quality = {name: _Mean() for name in _QUALITY_BOUNDS}
@@ -245,7 +249,13 @@ class Pipeline:
             self._per_event[topic] += 0.2 * (took / n - self._per_event[topic])
             i += n
             if i < total:
-                await asyncio.sleep(0)
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    # the state now holds part of a message whose offset is not marked: no
+                    # snapshot may be taken of it (the daemon's final checkpoint is skipped)
+                    self.interrupted = True
+                    raise
         return self.finish(message, count)
 
     def _apply_slice(self, message: _Message, lo: int, hi: int) -> float:
@@ -493,6 +503,12 @@ class Pipeline:
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {snap.get('version')} is not {SNAPSHOT_VERSION}")
         self.offsets = dict(snap["offsets"])
+        if not any(k.startswith(GLOBAL_SCOPE) for k in self.offsets):
+            # a checkpoint from before every worker learned the global topics: its state
+            # reflects the partitions this worker owned, up to the group's offsets, which is
+            # where the global reader starts them (the group's own move on from there)
+            self.legacy_global_offsets = {GLOBAL_SCOPE + k: v for k, v in self.offsets.items()
+                                          if k.split("/")[0] in GLOBAL_TOPICS}
         self.tails = dict(snap.get("tails", {}))  # older checkpoints have none
         self.applied.update(snap["applied"])
         for k, (total, n) in snap["quality"].items():

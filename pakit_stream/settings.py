@@ -239,6 +239,8 @@ class Settings:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 < self.retrain_holdout_fraction < 1:
             raise ConfigError("retrain_holdout_fraction must be in (0, 1)")
+        if not 1 <= self.prefetch_score_every <= 1024:
+            raise ConfigError("prefetch_score_every must be from 1 to 1024")
         if not 0 <= self.prefetch_min_confidence <= 1:
             raise ConfigError("prefetch_min_confidence must be in [0, 1]")
         if not 0 < self.lsh_threshold < 1:

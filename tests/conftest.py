@@ -17,6 +17,7 @@ def _reap_garbage():
     """Collect after each test, so a leaked socket is reported against the test that leaked it
     (warnings are errors) instead of at interpreter exit."""
     yield
+    gc.unfreeze()  # an in-process checkpoint freezes what lives; thaw it so it can be reaped
     gc.collect()
 
 

@@ -250,3 +250,52 @@ def test_a_failed_checkpoint_writer_leaves_the_previous_file(tmp_path, monkeypat
     assert store.path.read_bytes() == before
     assert sample(p, "pakit_stream_checkpoints_total", outcome="failed") == 1
     assert not list(tmp_path.glob("checkpoints/.*.tmp"))
+
+
+def test_a_hung_checkpoint_writer_is_killed_and_counted(tmp_path, monkeypatch):
+    import asyncio
+    import time as clock
+
+    p = fed_pipeline()
+    store = CheckpointStore(tmp_path, b"k" * 32, writer_timeout_s=0.5)
+    monkeypatch.setattr(persist, "dumps", lambda *a: clock.sleep(60))  # the child hangs
+    started = clock.monotonic()
+    assert asyncio.run(store.checkpoint(p)) is False
+    assert clock.monotonic() - started < 10
+    assert sample(p, "pakit_stream_checkpoints_total", outcome="failed") == 1
+    assert not store.path.exists() and not list(tmp_path.glob("checkpoints/.*.tmp"))
+
+
+def test_a_message_cancelled_between_its_slices_marks_the_state_interrupted():
+    import asyncio
+
+    p = Pipeline(Settings.from_env({}, apply_slice_s=1e-6))
+
+    async def run():
+        task = asyncio.ensure_future(p.handle_sliced(
+            "pakit.access", 0, 0, ev.pack([ev.accessed(i) for i in range(200)])))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    # part of the envelope was learned, its offset not marked: no snapshot may be taken now
+    assert p.interrupted and 0 < p.applied["pakit.access"] < 200 and not p.offsets
+
+
+def test_an_older_checkpoint_s_offsets_of_global_topics_seed_the_global_reader(tmp_path):
+    from pakit_stream.pipeline import GLOBAL_SCOPE
+
+    p = fed_pipeline()
+    snap = p.snapshot()
+    q = Pipeline(Settings())
+    q.restore(snap)  # no global offsets in it: as written before the global reader existed
+    assert q.legacy_global_offsets == {GLOBAL_SCOPE + "pakit.fingerprints/1": 1,
+                                       GLOBAL_SCOPE + "pakit.gossip/0": 1}
+    assert q.offsets == p.offsets
+    snap["offsets"][GLOBAL_SCOPE + "pakit.gossip/0"] = 0  # a newer one is taken as it is
+    r = Pipeline(Settings())
+    r.restore(snap)
+    assert r.legacy_global_offsets == {} and r.offsets[GLOBAL_SCOPE + "pakit.gossip/0"] == 0
