@@ -143,16 +143,16 @@ class CheckpointStore:
     def _freeze(self) -> None:
         """Leave what lives now (mostly learner state) out of later collections: a full
         collection over millions of learner objects holds the loop for hundreds of ms, and
-        touching them copies the forked child's pages. Cycles that die while frozen are not
-        collected, so once every ``unfreeze_every`` checkpoints everything is thawed and
-        collected (one full collection, about an hour apart by default)."""
+        touching them copies the forked child's pages. Cyclic garbage frozen with them (or
+        dying while frozen) is not collected, so once every ``unfreeze_every`` checkpoints
+        everything is thawed and collected (one full collection, about an hour apart by
+        default). Collecting the young generations first would reclaim some of it sooner, but
+        holds the loop for tens of ms at every checkpoint (measured: 56 ms against 14 ms)."""
         self._frozen += 1
         if self._frozen >= self.unfreeze_every:
             self._frozen = 0
             gc.unfreeze()
             gc.collect()
-        else:
-            gc.collect(1)  # young garbage is not frozen with the rest
         gc.freeze()
 
     def _fork_write(self, pipeline: Pipeline, tmp: Path) -> int:
