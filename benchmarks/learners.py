@@ -107,7 +107,10 @@ def prefetch(n: int, rng: random.Random) -> dict[str, float]:
         reads.append((node, f"{rng.getrandbits(256):064x}", pos[0], pos[1]))
     learn = per_call_us(lambda r: learner.observe(*r), reads)
     propose = per_call_us(lambda node: learner.propose(node, 5), nodes * (n // 320))
-    return {"prefetch_observe_us": learn, "prefetch_propose_5_us": propose}
+    sampled = Prefetcher(score_every=4)  # PAKIT_STREAM_PREFETCH_SCORE_EVERY=4
+    learn_sampled = per_call_us(lambda r: sampled.observe(*r), reads)
+    return {"prefetch_observe_us": learn, "prefetch_propose_5_us": propose,
+            "prefetch_observe_score_every_4_us": learn_sampled}
 
 
 def gossip(n: int, rng: np.random.Generator) -> dict[str, float]:

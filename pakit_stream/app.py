@@ -212,26 +212,31 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                 continue
             metrics.dlq.labels(kind=r.kind).inc()
 
+    async def handled(topic: str, partition: int, offset: int, value: bytes | None,
+                      scope: str = "", count: bool = True, **how) -> list[Rejected]:
+        """What of the message goes to the DLQ. A bug while handling it must not stop the
+        stream: the whole message is parked instead (marked done, dead-lettered)."""
+        try:
+            return await pipeline.handle_sliced(topic, partition, offset, value, scope=scope,
+                                                count=count, **how) or []
+        except Exception as exc:
+            log.exception("%s%s/%s/%s failed", scope, topic, partition, offset)
+            if count:
+                metrics.events.labels(topic=topic, outcome="error").inc()
+            pipeline.mark(f"{scope}{topic}/{partition}", offset, value)
+            return [Rejected(value or b"", f"internal error: {exc!r}", "error")]
+
     def make_agent(topic_name: str):
         learn = topic_name not in GLOBAL_TOPICS  # those, every worker's replica reader learns
 
         async def consume(stream):
-            handle = pipeline.handle_sliced
             async for event in stream.events():
                 message = event.message
                 # a checkpoint waits for this block to end: its snapshot never holds half an
                 # envelope, nor an offset whose dead letters are not yet queued
                 async with pipeline.applying():
-                    try:
-                        rejects = await handle(topic_name, message.partition, message.offset,
-                                               event.value, learn=learn)
-                    except Exception as exc:  # a bug must not stop the stream: park the message
-                        log.exception("message %s/%s failed", message.partition, message.offset)
-                        rejects = [Rejected(event.value or b"", f"internal error: {exc!r}",
-                                            "error")]
-                        metrics.events.labels(topic=topic_name, outcome="error").inc()
-                        pipeline.mark(f"{topic_name}/{message.partition}", message.offset,
-                                      event.value)
+                    rejects = await handled(topic_name, message.partition, message.offset,
+                                            event.value, learn=learn)
                     if rejects:
                         await to_dlq(rejects, message)
                 # a buffered stream never suspends by itself: yield once per message, so the
@@ -287,7 +292,6 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                     await consumer.seek_to_beginning(tp)
                 else:  # a log recreated shorter is caught below, by its fetch high-water mark
                     consumer.seek(tp, saved)
-            handle = pipeline.handle_sliced
             while True:
                 batches = await consumer.getmany(timeout_ms=1000)
                 for tp in tps:  # a log recreated under the same name is read from its start
@@ -301,21 +305,13 @@ def create_app(settings: Settings, bootstrap: str, pipeline: Pipeline,
                 for tp, records in batches.items():
                     for record in records:
                         async with pipeline.applying():
-                            try:
-                                rejects = await handle(tp.topic, tp.partition, record.offset,
-                                                       record.value, scope=GLOBAL_SCOPE,
-                                                       count=False)
-                            except Exception as exc:  # a bug must not stall global learning
-                                log.exception("global %s/%s/%s failed", tp.topic, tp.partition,
-                                              record.offset)
-                                rejects = [Rejected(record.value or b"",
-                                                    f"internal error: {exc!r}", "error")]
-                                pipeline.mark(f"{GLOBAL_SCOPE}{tp.topic}/{tp.partition}",
-                                              record.offset, record.value)
+                            rejects = await handled(tp.topic, tp.partition, record.offset,
+                                                    record.value, scope=GLOBAL_SCOPE,
+                                                    count=False)
                             # a learner's failure is not the group owner's to see (it only
                             # validates): every worker dead-letters it, with the same source
                             # header, so none is lost and duplicates are recognisable
-                            failed = [r for r in rejects or () if r.kind == "error"]
+                            failed = [r for r in rejects if r.kind == "error"]
                             if failed:
                                 metrics.events.labels(topic=tp.topic, outcome="error").inc(
                                     len(failed))

@@ -201,6 +201,15 @@ def _network(network_size=None, avg_latency_ms=0.0, message_loss_rate=0.0, node_
             "message_loss_rate": message_loss_rate, "node_id": node_id}
 
 
+def _prefetch(node_id=None, recent_accesses=(), k=5, cache_blocks=None):
+    return {"node_id": node_id, "recent_accesses": list(recent_accesses) or None, "k": k,
+            "cache_blocks": cache_blocks}
+
+
+def _similar(block_hash, top_k=5, min_jaccard=None):
+    return {"block_hash": block_hash, "top_k": top_k, "min_jaccard": min_jaccard}
+
+
 class HintClient(_Core):
     """Hints from the daemon at ``url`` (``http://host:port``), each within ``timeout``
     seconds, the fallback otherwise. See the module's documentation."""
@@ -246,14 +255,11 @@ class HintClient(_Core):
     def prefetch(self, node_id: str | None = None, recent_accesses=(), k: int = 5,
                  cache_blocks: int | None = None) -> dict:
         """``{blocks, positions, proposals, threshold, source, ...}``: what to prefetch."""
-        return self._ask("prefetch", {"node_id": node_id, "recent_accesses":
-                                      list(recent_accesses) or None, "k": k,
-                                      "cache_blocks": cache_blocks})
+        return self._ask("prefetch", _prefetch(node_id, recent_accesses, k, cache_blocks))
 
     def similar(self, block_hash: str, top_k: int = 5, min_jaccard: float | None = None) -> dict:
         """``{block_hash, similar: [{block_hash, jaccard}], source}``."""
-        return self._ask("similar", {"block_hash": block_hash, "top_k": top_k,
-                                     "min_jaccard": min_jaccard})
+        return self._ask("similar", _similar(block_hash, top_k, min_jaccard))
 
     def close(self) -> None:
         self._http.close()
@@ -303,13 +309,10 @@ class AsyncHintClient(_Core):
         return await self._ask("compression", {"block_size": block_size, **features})
 
     async def prefetch(self, node_id=None, recent_accesses=(), k=5, cache_blocks=None) -> dict:
-        return await self._ask("prefetch", {"node_id": node_id, "recent_accesses":
-                                            list(recent_accesses) or None, "k": k,
-                                            "cache_blocks": cache_blocks})
+        return await self._ask("prefetch", _prefetch(node_id, recent_accesses, k, cache_blocks))
 
     async def similar(self, block_hash: str, top_k: int = 5, min_jaccard=None) -> dict:
-        return await self._ask("similar", {"block_hash": block_hash, "top_k": top_k,
-                                           "min_jaccard": min_jaccard})
+        return await self._ask("similar", _similar(block_hash, top_k, min_jaccard))
 
     async def aclose(self) -> None:
         await self._http.aclose()
