@@ -92,8 +92,10 @@ def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float) -> dict
                                env={"PAKIT_STREAM_TOPIC_PARTITIONS": "2"}).start()
         try:
             daemon.wait_applied(counts, timeout=300)
+            lag = loop_lag(daemon)
             out = {"idle": {kind: ask(daemon, path, body, rate, seconds)
                             for kind, (path, body) in reqs.items()}}
+            lag, out["loop_lag_idle"] = loop_lag(daemon), lag_share(lag, loop_lag(daemon))
             stop = multiprocessing.Event()
             feeder = multiprocessing.Process(target=feed, args=(broker.bootstrap, msgs, load_rate, stop))
             feeder.start()  # its own process: the client's timing must not share a GIL with it
@@ -103,6 +105,7 @@ def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float) -> dict
             finally:
                 stop.set()
                 feeder.join()
+            out["loop_lag_loaded"] = lag_share(lag, loop_lag(daemon))
             out["loaded_applied_events"] = sum(daemon.get("/health")["applied"].values())
             metrics = daemon.get("/metrics")
             for name in ("checkpoint_seconds", "checkpoint_hold_seconds"):
@@ -113,6 +116,26 @@ def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float) -> dict
         finally:
             daemon.stop()
             producer.close()
+
+
+def loop_lag(daemon) -> dict[float, float]:
+    """The daemon's event-loop lag histogram (``pakit_stream_event_loop_lag_seconds``): how
+    late a timer due every 10 ms ran, cumulative count by upper bound."""
+    out = {}
+    for line in daemon.get("/metrics").splitlines():
+        if line.startswith("pakit_stream_event_loop_lag_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            out[float(le)] = float(line.split()[-1])
+    return out
+
+
+def lag_share(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Of the loop-lag samples between two readings, the share later than 1, 5 and 25 ms: the
+    part of a hint's tail the loop itself explains (the rest is the OS giving the daemon's
+    process no core, on a machine it shares with the broker, the feeder and the client)."""
+    total = after[float("inf")] - before[float("inf")]
+    return {"samples": total, **{f"over_{int(b * 1000)}ms": 1 - (after[b] - before[b]) / total
+                                 for b in (1e-3, 5e-3, 2.5e-2)}} if total else {"samples": 0}
 
 
 def feed(bootstrap: str, msgs, events_per_s: float, stop) -> None:
@@ -183,6 +206,8 @@ def main() -> None:
               f"{b['p50_us'] / a['p50_us']:>8.1f}x  errors {b['errors'] + c['errors']}")
     print(f"daemon checkpoints: {http_['checkpoint_seconds']}")
     print(f"event loop held by checkpoints: {http_['checkpoint_hold_seconds']}")
+    print(f"event loop lag (a 10 ms timer's delay), idle: {http_['loop_lag_idle']}; "
+          f"loaded: {http_['loop_lag_loaded']}")
     result = {"benchmark": "hints", "machine": {"cpus": os.cpu_count(),
                                                 "python": platform.python_version()},
               "warm_events": args.events, "rate_per_s": args.rate, "seconds_per_kind": args.seconds,

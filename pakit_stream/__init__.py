@@ -6,8 +6,10 @@ Where to start reading, following one event from Kafka to a served hint:
 2. :mod:`pakit_stream.pipeline` — one message in, learners updated, offsets tracked.
 3. :mod:`pakit_stream.learners` — the online learners (peer bandit, codec cost model, gossip
    Q-function, MinHash LSH dedup, prefetch learner).
-4. :mod:`pakit_stream.app` — the Faust agents, checkpoint timer and HTTP views.
-5. :mod:`pakit_stream.serving` — the hints, with their fallbacks.
+4. :mod:`pakit_stream.daemon` — the Faust agents, timers, rebalance handling, model
+   replication and HTTP views around them.
+5. :mod:`pakit_stream.serving` — the hints, with their fallbacks; :mod:`pakit_stream.specs`
+   and :mod:`pakit_stream.canary` — the batch models, and how a new version is rolled out.
 
 Beside them: :mod:`~pakit_stream.settings` (every setting), :mod:`~pakit_stream.metrics`
 (every metric), :mod:`~pakit_stream.exceptions`, :mod:`~pakit_stream.telemetry` (the node side),
@@ -15,8 +17,9 @@ Beside them: :mod:`~pakit_stream.settings` (every setting), :mod:`~pakit_stream.
 """
 
 from pakit_stream.base_model import ModelConfig
-from pakit_stream.exceptions import (BrokerError, ConfigError, InvalidEventError, ModelLoadError,
-                                     PakitStreamError, PrivacyViolation)
+from pakit_stream.exceptions import (BrokerError, ConfigError, DaemonError, DataError,
+                                     InvalidEventError, ModelLoadError, PakitStreamError,
+                                     PrivacyViolation, UsageError)
 from pakit_stream.features import FeatureExtractor
 from pakit_stream.learners import (CodecCostModel, DeduplicationOptimizer, NetworkOptimizer,
                                    PeerSelector, SuccessorTable)
@@ -30,6 +33,8 @@ __all__ = [
     "BrokerError",
     "CodecCostModel",
     "ConfigError",
+    "DaemonError",
+    "DataError",
     "DeduplicationOptimizer",
     "FeatureExtractor",
     "InvalidEventError",
@@ -43,5 +48,6 @@ __all__ = [
     "Settings",
     "SuccessorTable",
     "TelemetryCollector",
+    "UsageError",
     "__version__",
 ]

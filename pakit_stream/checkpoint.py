@@ -66,7 +66,11 @@ class CheckpointStore:
             return False
         if snap is None:
             return False
-        pipeline.restore(snap)
+        try:
+            pipeline.restore(snap)
+        except ModelLoadError:  # another version's snapshot: refused before anything changed
+            log.exception("checkpoint %s refused; starting from empty state", self.path)
+            return False
         log.info("restored checkpoint from %s: offsets %s", self.path, snap["offsets"])
         return True
 

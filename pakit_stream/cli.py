@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pakit_stream.exceptions import ConfigError
+from pakit_stream.exceptions import ConfigError, PakitStreamError, UsageError
 from pakit_stream.settings import Settings
 
 # kept here rather than imported: the CLI starts without loading the replay stack
@@ -88,7 +88,7 @@ def replay_source(args):
         events = replay.stored_events(args.source, [args.node_id], args.avg_size)
     elif args.kind == "trace":
         if not args.format:
-            raise SystemExit("replay --kind trace needs --format "
+            raise UsageError("replay --kind trace needs --format "
                              f"({'|'.join(replay.TRACE_FORMATS)})")
         ids, spans = replay.read_requests(args.source, args.format, column=args.column,
                                           limit=args.limit)
@@ -96,7 +96,7 @@ def replay_source(args):
                                       namespace=args.source.name, spans=spans)
     else:
         if not args.unit:
-            raise SystemExit(f"replay --kind {args.kind} needs --unit s|ms")
+            raise UsageError(f"replay --kind {args.kind} needs --unit s|ms")
         matrix = replay.RttMatrix.load(args.source, args.unit, max_slices=args.max_slices)
         if args.kind == "peers":
             events = _peer_events(replay.PeerReplay(matrix, node=args.host, seed=args.seed),
@@ -125,22 +125,18 @@ def cmd_replay(args) -> int:
     from pakit_stream.telemetry.publish import publish_events
 
     _logging("warning")
-    try:
-        events = replay_source(args)
-        if args.jsonl_out:
-            sent = 0
-            with open(args.jsonl_out, "wb") as f:
-                for _, payload in events:
-                    f.write(payload + b"\n")
-                    sent += 1
-            print(json.dumps({"written": sent, "file": str(args.jsonl_out)}))
-            return 0
-        settings = Settings.from_env()
-        sent = publish_events(events, args.broker or settings.broker, batch_size=args.batch_size,
-                              **settings.kafka_config())
-    except (ValueError, OSError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    events = replay_source(args)
+    if args.jsonl_out:
+        sent = 0
+        with open(args.jsonl_out, "wb") as f:
+            for _, payload in events:
+                f.write(payload + b"\n")
+                sent += 1
+        print(json.dumps({"written": sent, "file": str(args.jsonl_out)}))
+        return 0
+    settings = Settings.from_env()
+    sent = publish_events(events, args.broker or settings.broker, batch_size=args.batch_size,
+                          **settings.kafka_config())
     print(json.dumps({"published": sent}))
     return 0
 
@@ -151,14 +147,11 @@ def cmd_evaluate(args) -> int:
     opts = {"seeds": args.seeds}
     if args.learner in ("peers", "gossip"):
         if not args.unit:
-            print(f"error: evaluate {args.learner} needs --unit s|ms", file=sys.stderr)
-            return 2
+            raise UsageError(f"evaluate {args.learner} needs --unit s|ms")
         opts.update(unit=args.unit, max_slices=args.max_slices)
     if args.learner == "prefetch":
         if not args.format:
-            print("error: evaluate prefetch needs --format " + "|".join(TRACE_FORMATS),
-                  file=sys.stderr)
-            return 2
+            raise UsageError("evaluate prefetch needs --format " + "|".join(TRACE_FORMATS))
         opts.update(fmt=args.format, column=args.column, max_accesses=args.max_accesses,
                     max_test=args.max_test, epochs=args.epochs)
     if args.learner == "compression":
@@ -176,9 +169,6 @@ def cmd_evaluate(args) -> int:
         print(f"error: {exc.name} is missing; evaluation needs pip install 'pakit-stream[eval]'",
               file=sys.stderr)
         return 1
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     h, v = doc["headline"], doc["verdict"]
     print(f"{args.learner}: {h['metric']} ({'higher' if h['higher_is_better'] else 'lower'} is better)")
     for method, row in doc["results"].items():
@@ -192,16 +182,12 @@ def cmd_results(args) -> int:
     from pakit_stream.evaluation import readme_section, update_readme
 
     files = [p / "results.json" if p.is_dir() else p for p in args.results]
-    try:
-        section = readme_section(files, args.readme.resolve().parent)
-        if args.readme.exists() and not args.print:
-            update_readme(args.readme, section)
-            print(f"updated the Results section of {args.readme} from {len(files)} results")
-        else:
-            print(section)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    section = readme_section(files, args.readme.resolve().parent)
+    if args.readme.exists() and not args.print:
+        update_readme(args.readme, section)
+        print(f"updated the Results section of {args.readme} from {len(files)} results")
+    else:
+        print(section)
     return 0
 
 
@@ -209,13 +195,16 @@ def cmd_hint(args) -> int:
     base = args.url.rstrip("/")
     if args.kind == "similar":
         if not args.block_hash:
-            print("error: hint similar needs --block-hash", file=sys.stderr)
-            return 2
+            raise UsageError("hint similar needs --block-hash")
         req = urllib.request.Request(f"{base}/v1/hints/similar/{args.block_hash}?top_k={args.top_k}")
     else:
         if args.kind == "peer":
+            try:
+                context = json.loads(args.context)
+            except ValueError:
+                raise UsageError(f"hint peer --context is not JSON: {args.context!r}") from None
             body = {"node_id": args.node_id, "available_peers": args.peers or [],
-                    "context": json.loads(args.context)}
+                    "context": context}
         else:
             body = {"network_size": args.network_size, "avg_latency_ms": args.latency_ms,
                     "message_loss_rate": args.loss}
@@ -239,13 +228,8 @@ def cmd_models(args) -> int:
     store = ModelRegistry(_settings(args).data_dir)
     if args.action == "rollback":
         if not args.name:
-            print("error: models rollback needs a model name", file=sys.stderr)
-            return 2
-        try:
-            version = store.rollback(args.name)
-        except (ValueError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            raise UsageError("models rollback needs a model name")
+        version = store.rollback(args.name)
         print(json.dumps({"name": args.name, "serving": version}))
         return 0
     for name in ([args.name] if args.name else store.names()):
@@ -371,8 +355,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit status.
+
+    Every :class:`~pakit_stream.exceptions.PakitStreamError` is caught here, and nowhere else:
+    ``error: MESSAGE`` goes to stderr, without a traceback. The status is 2 when the command was
+    called wrongly (``UsageError``, ``ConfigError``: fix the flags or the environment), as for
+    a flag argparse refuses, and 1 for any other (data that cannot be used, a broker, daemon or
+    model that fails) and for an ``OSError`` (a file or socket the command was pointed at).
+    Anything else is a bug, and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (PakitStreamError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from pakit_stream.exceptions import PakitStreamError
+from pakit_stream.exceptions import PakitStreamError, UsageError
 from pakit_stream.learners.codec import heuristic_codec
 from pakit_stream.learners.network import FALLBACK_FANOUT, FALLBACK_TTL
 
@@ -82,7 +82,7 @@ def fallback(kind: str, request: dict[str, Any], error: str,
                 "model_version": None, **base}
     if kind == "similar":
         return {"block_hash": request["block_hash"], "similar": [], **base}
-    raise ValueError(f"unknown hint {kind!r}")
+    raise UsageError(f"unknown hint {kind!r}")
 
 
 class _Breaker:
@@ -120,7 +120,7 @@ class _Core:
     def __init__(self, timeout: float, failures: int, cooldown: float, cache_ttl: float,
                  cache_size: int = 1024, seed: int | None = None) -> None:
         if timeout <= 0:
-            raise ValueError("timeout must be positive")
+            raise UsageError("timeout must be positive")
         self.timeout, self.cache_ttl, self.cache_size = timeout, cache_ttl, cache_size
         self.breaker = _Breaker(failures, cooldown)
         self._cache: OrderedDict[tuple, tuple[float, dict]] = OrderedDict()

@@ -24,6 +24,7 @@ import numpy as np
 from pakit_stream.broker import EmbeddedBroker, create_topics, free_port
 from pakit_stream.events import block_minhash
 from pakit_stream.events.schema import TOPICS
+from pakit_stream.exceptions import DaemonError
 from pakit_stream.simulate import NodeSimulator, default_source, gossip_round, read_blocks
 from pakit_stream.telemetry import TelemetryCollector
 from pakit_stream.telemetry.publish import make_producer
@@ -57,13 +58,13 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"daemon exited ({self.process.returncode}); see {self.log_path}")
+                raise DaemonError(f"daemon exited ({self.process.returncode}); see {self.log_path}")
             try:
                 self.get("/health")
                 return self
             except OSError:
                 time.sleep(0.25)
-        raise RuntimeError(f"daemon did not answer within {timeout}s; see {self.log_path}")
+        raise DaemonError(f"daemon did not answer within {timeout}s; see {self.log_path}")
 
     def get(self, path: str, timeout: float = 5.0):
         with urllib.request.urlopen(self.url + path, timeout=timeout) as r:

@@ -5,10 +5,18 @@ Every error the package raises on purpose derives from one root, so callers can 
 
     PakitStreamError
     ├── ConfigError          a setting is missing, malformed or out of range
-    ├── InvalidEventError    an event breaks the contract in docs/events.md
+    ├── UsageError           a call got an argument or option it does not accept (a ValueError)
+    ├── DataError            input data cannot be used: it does not parse, or is too little
+    │                        to learn or test on (a ValueError)
+    ├── InvalidEventError    an event breaks the contract in docs/events.md (a ValueError)
     │   └── PrivacyViolation an event could carry block content, so it is refused
     ├── ModelLoadError       a saved model or checkpoint is missing, corrupt or tampered with
-    └── BrokerError          the embedded broker could not be started or reached
+    ├── BrokerError          the embedded broker could not be started or reached
+    └── DaemonError          a daemon subprocess exited or did not answer (a RuntimeError)
+
+Those marked ValueError or RuntimeError are that too: code that caught the built-in one before
+still catches them. ``pakit-stream`` exits with status 2 on ``ConfigError`` and
+``UsageError`` (fix the command line or the environment) and 1 on the others.
 """
 
 from __future__ import annotations
@@ -16,10 +24,13 @@ from __future__ import annotations
 __all__ = [
     "PakitStreamError",
     "ConfigError",
+    "UsageError",
+    "DataError",
     "InvalidEventError",
     "PrivacyViolation",
     "ModelLoadError",
     "BrokerError",
+    "DaemonError",
 ]
 
 
@@ -29,6 +40,15 @@ class PakitStreamError(Exception):
 
 class ConfigError(PakitStreamError):
     """A setting is missing, malformed or out of range."""
+
+
+class UsageError(PakitStreamError, ValueError):
+    """A call got an argument or option outside what it accepts, or came too early (a model
+    used before it is trained)."""
+
+
+class DataError(PakitStreamError, ValueError):
+    """Input data cannot be used: a file that does not parse, too few samples or blocks."""
 
 
 class InvalidEventError(PakitStreamError, ValueError):
@@ -56,3 +76,7 @@ class ModelLoadError(PakitStreamError):
 
 class BrokerError(PakitStreamError):
     """The embedded Kafka-compatible broker could not be started or reached."""
+
+
+class DaemonError(PakitStreamError, RuntimeError):
+    """A ``pakit-stream run`` subprocess exited, or did not answer in time."""

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pakit_stream.events.schema import Event
+from pakit_stream.exceptions import InvalidEventError
 
 __all__ = ["FeatureExtractor", "codec_features"]
 
@@ -104,7 +105,7 @@ class FeatureExtractor:
             return self.extract_gossip_features(event)
         if kind == "block_fingerprint":
             return {}
-        raise ValueError(f"unknown event_type {kind!r}")
+        raise InvalidEventError(f"unknown event_type {kind!r}")
 
 
 def _event_type(event: Any) -> str:

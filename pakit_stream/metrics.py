@@ -114,6 +114,20 @@ class Metrics:
                                      ["model"], namespace=ns, registry=r)
         self.serving = Info("model_serving", "Version of each batch model being served.",
                             ["model"], namespace=ns, registry=r)
+        self.canary = Info("model_canary", "Version of each batch model serving a share of the "
+                           "nodes as a canary (empty: none).", ["model"], namespace=ns, registry=r)
+        self.canary_quality = Gauge(
+            "canary_quality", "Online quality of each arm of a running canary on the same events "
+            "(codec: cheapest cost over the cost of the net's pick; prefetch: hit ratio at 5).",
+            ["model", "arm"], namespace=ns, registry=r)
+        self.canary_samples = Gauge("canary_samples", "Paired events a running canary was "
+                                    "compared on.", ["model"], namespace=ns, registry=r)
+        self.canary_decisions = Counter("canary_decisions", "Canaries ended, by model and "
+                                        "outcome (promote, rollback).", ["model", "outcome"],
+                                        namespace=ns, registry=r)
+        self.canary_hints = Counter("canary_hints", "Hints answered by each arm while a canary "
+                                    "runs (canary: the nodes in its share).", ["model", "arm"],
+                                    namespace=ns, registry=r)
         self.codec_efficiency = Gauge(
             "codec_online_efficiency", "Cost of the cheapest codec over the cost of the codec "
             "chosen (choosing charged), over stored blocks, each chosen before it was learned.",
@@ -125,3 +139,9 @@ class Metrics:
                              namespace=ns, registry=r)
         self.hint_latency = Histogram("hint_latency_seconds", "Time to answer a hint.", ["hint"],
                                       namespace=ns, registry=r, buckets=_FAST)
+
+    def export_canary(self, name: str, canary) -> None:
+        """Both arms of a running canary, for ``/metrics``."""
+        self.canary_quality.labels(model=name, arm="serving").set(canary.serving_quality.get())
+        self.canary_quality.labels(model=name, arm="canary").set(canary.canary_quality.get())
+        self.canary_samples.labels(model=name).set(canary.samples)

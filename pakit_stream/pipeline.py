@@ -33,6 +33,7 @@ from river import drift
 
 from pakit_stream.events.decode import EventDecoder, Rejected
 from pakit_stream.events.schema import TOPICS, BlockStored, Event
+from pakit_stream.exceptions import ModelLoadError
 from pakit_stream.features import FeatureExtractor
 from pakit_stream.learners import DeduplicationOptimizer, NetworkOptimizer, PeerSelector
 from pakit_stream.learners.prefetch import Prefetcher
@@ -40,6 +41,7 @@ from pakit_stream.learners.codec import CodecCostModel, forward_us
 from pakit_stream.metrics import Metrics
 from pakit_stream.privacy import private_mean
 from pakit_stream.settings import Settings
+from pakit_stream.specs import CODEC_MODEL, PREFETCH_MODEL, CodecSpec
 
 __all__ = ["Pipeline", "SNAPSHOT_VERSION", "GLOBAL_TOPICS", "best_codec"]
 
@@ -139,6 +141,9 @@ class Pipeline:
         self.access_window: deque[tuple[str, str, str | None, int | None, int]] = deque(
             maxlen=settings.prefetch_window)
         self.prefetch_new = 0
+        #: model name -> the candidate serving a share of the nodes while both arms are
+        #: compared on the same events (:mod:`pakit_stream.canary`); not checkpointed
+        self.canaries: dict[str, Any] = {}
         self.offsets: dict[str, int] = {}
         #: CRC-32 of the last applied message of each partition: on resume, the record before
         #: the saved offset must still carry it, or the log was recreated (a restarted
@@ -372,6 +377,11 @@ class Pipeline:
                     if adwin.drift_detected:
                         self.codec_drift = True
                         self.metrics.codec_drift.inc()
+                    canary = self.canaries.get(CODEC_MODEL)
+                    if canary is not None and self._codec_model is not None:
+                        arm = CodecSpec.arm_quality
+                        canary.add(arm(self._codec_model, x, spent, lam, choice.algorithm),
+                                   arm(canary.model, x, spent, lam, choice.algorithm))
                 codec.learn_one(x, costs)
                 window.append((x, costs))
                 labelled += 1
@@ -390,8 +400,12 @@ class Pipeline:
             try:
                 self._access_seen += 1
                 if self._access_seen % every == 0 and prefetcher.knows(e.node_id):
-                    hit5.add(prefetcher.hit(e.node_id, e.block_hash, e.object_id,
-                                            e.chunk_index, 5))
+                    hit = prefetcher.hit(e.node_id, e.block_hash, e.object_id, e.chunk_index, 5)
+                    hit5.add(hit)
+                    canary = self.canaries.get(PREFETCH_MODEL)
+                    if canary is not None and prefetcher.net is not None:
+                        canary.add(hit, prefetcher.hit(e.node_id, e.block_hash, e.object_id,
+                                                       e.chunk_index, 5, net=canary.model))
                 prefetcher.observe(e.node_id, e.block_hash, e.object_id, e.chunk_index,
                                    e.chunk_count)
                 hits.add(e.cache_hit)
@@ -501,7 +515,8 @@ class Pipeline:
 
     def restore(self, snap: dict[str, Any]) -> None:
         if snap.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"snapshot version {snap.get('version')} is not {SNAPSHOT_VERSION}")
+            raise ModelLoadError(f"snapshot version {snap.get('version')} is not "
+                                 f"{SNAPSHOT_VERSION}")
         self.offsets = dict(snap["offsets"])
         if not any(k.startswith(GLOBAL_SCOPE) for k in self.offsets):
             # a checkpoint from before every worker learned the global topics: its state
@@ -555,4 +570,5 @@ class Pipeline:
                 "prefetch_model": getattr(self.prefetch_model, "version", None),
             },
             "quality": {k: round(self.quality_value(k), 6) for k in self.quality},
+            "canaries": {name: c.report() for name, c in self.canaries.items()},
         }

@@ -35,6 +35,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from pakit_stream.exceptions import UsageError
+
 __all__ = ["laplace", "private_mean", "k_anonymous", "KAnonymityReport"]
 
 R = TypeVar("R")
@@ -51,7 +53,7 @@ def private_mean(total: float, n: int, epsilon: float, rng: random.Random,
     """ε-DP release of ``total / n`` for ``n`` values in ``[lower, upper]``, clipped back into
     that range (clipping is post-processing: it costs no privacy)."""
     if epsilon <= 0:
-        raise ValueError("epsilon must be positive")
+        raise UsageError("epsilon must be positive")
     if n <= 0:  # nothing observed: nothing to protect; report the floor, as an empty mean does
         return lower
     noisy = total / n + laplace((upper - lower) / (n * epsilon), rng)

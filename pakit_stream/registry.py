@@ -16,12 +16,12 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from pakit_stream import __version__
-from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.exceptions import ModelLoadError, UsageError
 from pakit_stream.persist import write_atomic
 
 __all__ = ["ModelRegistry", "GateResult"]
@@ -68,10 +68,16 @@ class ModelRegistry:
 
     def _pointer(self, name: str) -> dict[str, Any]:
         path = self.root / name / "SERVING.json"
-        return json.loads(path.read_text()) if path.exists() else {"version": None, "history": []}
+        pointer = json.loads(path.read_text()) if path.exists() else {}
+        return {"version": None, "history": [], "canary": None, **pointer}
 
     def serving(self, name: str) -> str | None:
         return self._pointer(name)["version"]
+
+    def canary(self, name: str) -> str | None:
+        """The version serving a share of the nodes while it is compared (see
+        :mod:`pakit_stream.canary`), or ``None``."""
+        return self._pointer(name)["canary"]
 
     # writing -------------------------------------------------------------------------------
     def register(self, name: str, model, metrics: dict[str, Any],
@@ -94,30 +100,38 @@ class ModelRegistry:
         return version
 
     # sharing between workers ---------------------------------------------------------------
-    def export(self, name: str, version: str | None = None) -> bytes:
-        """One self-describing record of a version (default: the serving one), for the models
-        topic: a 4-byte header length, a JSON header with its metadata, the model file."""
-        version = version or self.serving(name)
+    def export(self, name: str, version: str | None = None, role: str = "serving") -> bytes:
+        """One self-describing record of a version (default: the serving one, or the canary
+        with ``role="canary"``), for the models topic: a 4-byte header length, a JSON header
+        with its metadata and role, the model file."""
+        version = version or (self.canary(name) if role == "canary" else self.serving(name))
         if version is None:
-            raise ModelLoadError(f"{name}: no serving version to publish")
+            raise ModelLoadError(f"{name}: no {role} version to publish")
         blob = self.verified_file(name, version).read_bytes()
-        head = json.dumps({"name": name, "version": version,
+        head = json.dumps({"name": name, "version": version, "role": role,
                            "metadata": self.metadata(name, version)}).encode()
         return len(head).to_bytes(4, "big") + head + blob
 
-    def adopt(self, record: bytes) -> tuple[str, str]:
-        """Install a version another worker published with :meth:`export`, and serve it. The
-        file must match the SHA-256 of its metadata; names must be plain path components."""
+    def install(self, record: bytes, known: Collection[str] | None = None
+                ) -> tuple[str, str, str]:
+        """Store a version another worker published with :meth:`export`, without serving it;
+        returns ``(name, version, role)``. The file must match the SHA-256 of its metadata,
+        names must be plain path components (and among ``known``, when given)."""
         try:
             n = int.from_bytes(record[:4], "big")
             head = json.loads(record[4:4 + n])
             name, version, meta = head["name"], head["version"], head["metadata"]
+            role = head.get("role", "serving")
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"not a published model record: {exc}") from exc
         blob = record[4 + n:]
         for part in (name, version):
             if not isinstance(part, str) or not _SAFE.fullmatch(part):
                 raise ModelLoadError(f"unsafe model name or version {part!r}")
+        if known is not None and name not in known:
+            raise ModelLoadError(f"unknown model {name!r}; refused")
+        if role not in ("serving", "canary"):
+            raise ModelLoadError(f"{name} {version}: unknown role {role!r}; refused")
         if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
             raise ModelLoadError(f"{name} {version}: file does not match its SHA-256; refused")
         folder = self.root / name / version
@@ -126,7 +140,12 @@ class ModelRegistry:
             write_atomic(folder / _MODEL_FILE, blob)
             write_atomic(folder / "metadata.json",
                          json.dumps({**meta, "adopted": time.time()}, indent=2).encode())
-        self.promote(name, version)
+        return name, version, role
+
+    def adopt(self, record: bytes) -> tuple[str, str]:
+        """:meth:`install` a published version and make it what it was published as."""
+        name, version, role = self.install(record)
+        (self.start_canary if role == "canary" else self.promote)(name, version)
         return name, version
 
     def _set_status(self, name: str, version: str, status: str, **extra) -> None:
@@ -146,14 +165,42 @@ class ModelRegistry:
         """Make ``version`` the serving one (after checking its file is intact)."""
         self.verified_file(name, version)
         pointer = self._pointer(name)
-        if pointer["version"] == version:
+        if pointer["canary"] is not None:  # promoted, or replaced by another version
+            if pointer["canary"] != version:
+                self._set_status(name, pointer["canary"], "rolled_back")
+            pointer["canary"] = None
+        elif pointer["version"] == version:
             return
-        if pointer["version"]:
+        if pointer["version"] and pointer["version"] != version:
             pointer["history"].append(pointer["version"])
             self._set_status(name, pointer["version"], "retired")
         pointer["version"] = version
         write_atomic(self.root / name / "SERVING.json", json.dumps(pointer).encode())
         self._set_status(name, version, "serving", promoted=time.time())
+
+    def start_canary(self, name: str, version: str) -> None:
+        """Make ``version`` the canary: it serves a share of the nodes until it is promoted
+        (:meth:`promote`) or rolled back (:meth:`end_canary`)."""
+        self.verified_file(name, version)
+        pointer = self._pointer(name)
+        if pointer["canary"] == version or pointer["version"] == version:
+            return
+        if pointer["canary"] is not None:
+            self._set_status(name, pointer["canary"], "rolled_back")
+        pointer["canary"] = version
+        write_atomic(self.root / name / "SERVING.json", json.dumps(pointer).encode())
+        self._set_status(name, version, "canary", canary_started=time.time())
+
+    def end_canary(self, name: str, reason: str, **extra) -> str | None:
+        """Roll the canary back (the serving version stays); returns it, or ``None``."""
+        pointer = self._pointer(name)
+        version = pointer["canary"]
+        if version is None:
+            return None
+        pointer["canary"] = None
+        write_atomic(self.root / name / "SERVING.json", json.dumps(pointer).encode())
+        self._set_status(name, version, "rolled_back", reason=reason, **extra)
+        return version
 
     def reject(self, name: str, version: str, reason: str, **extra) -> None:
         self._set_status(name, version, "rejected", reason=reason, **extra)
@@ -162,7 +209,7 @@ class ModelRegistry:
         """Serve the previously served version again; returns it."""
         pointer = self._pointer(name)
         if not pointer["history"]:
-            raise ValueError(f"{name}: no earlier version to roll back to")
+            raise UsageError(f"{name}: no earlier version to roll back to")
         previous = pointer["history"].pop()
         self.verified_file(name, previous)
         current = pointer["version"]
@@ -183,10 +230,12 @@ class ModelRegistry:
     # the gate ------------------------------------------------------------------------------
     def gate(self, name: str, candidate_version: str, model_factory: Callable[[], Any],
              score: Callable[[Any], float], min_gain: float = 0.0,
-             floor: float | None = None) -> GateResult:
+             floor: float | None = None, canary: bool = False) -> GateResult:
         """Promote the candidate if ``score(candidate) > score(serving) + min_gain`` on the
         caller's held-out window (always, when nothing serves yet) and, with ``floor``, if
-        ``score(candidate) > floor``; else reject it."""
+        ``score(candidate) > floor``; else reject it. With ``canary``, an accepted candidate
+        becomes the canary instead when a version serves (``canary`` is then true in the
+        result)."""
         candidate = self.load(name, model_factory(), candidate_version)
         cand_score = float(score(candidate))
         if floor is not None and not cand_score > floor:
@@ -207,7 +256,12 @@ class ModelRegistry:
         accepted = serving_score is None or cand_score > serving_score + min_gain
         verdict = {"gate": {"candidate_score": cand_score, "serving_score": serving_score,
                             "serving_version": serving_version}}
-        if accepted:
+        canary = canary and accepted and serving_version is not None
+        if canary:
+            self.start_canary(name, candidate_version)
+            self._set_status(name, candidate_version, "canary", **verdict)
+            reason = "beats the serving version; serves a share of the nodes first"
+        elif accepted:
             self.promote(name, candidate_version)
             self._set_status(name, candidate_version, "serving", **verdict)
             reason = "no serving version" if serving_score is None else "beats the serving version"
@@ -216,7 +270,8 @@ class ModelRegistry:
                       f"{serving_score:.4f} + {min_gain}")
             self.reject(name, candidate_version, reason, **verdict)
         return GateResult(accepted=accepted, candidate=candidate_version, serving=serving_version,
-                          candidate_score=cand_score, serving_score=serving_score, reason=reason)
+                          candidate_score=cand_score, serving_score=serving_score, reason=reason,
+                          canary=canary)
 
 
 def _plain(value):

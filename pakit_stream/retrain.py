@@ -25,24 +25,16 @@ from typing import Any
 
 import msgspec
 
+from pakit_stream.canary import Canary
 from pakit_stream.exceptions import ModelLoadError
-from pakit_stream.learners.prefetch import judge_net
 from pakit_stream.pipeline import Pipeline
 from pakit_stream.registry import ModelRegistry
-from pakit_stream.serving.codec import (ServedCodecModel, forward_us, judge_codec_net,
-                                       relative_cost)
-from pakit_stream.privacy import k_anonymous
-from pakit_stream.serving.prefetch import ServedPrefetchModel
 from pakit_stream.settings import Settings
+from pakit_stream.specs import CODEC_MODEL, PREFETCH_MODEL, SPECS, spec_of
 
-__all__ = ["Retrainer", "CODEC_MODEL", "PREFETCH_MODEL", "MODELS"]
+__all__ = ["Retrainer", "CODEC_MODEL", "PREFETCH_MODEL", "SPECS"]
 
 log = logging.getLogger(__name__)
-CODEC_MODEL = "compression_predictor"
-PREFETCH_MODEL = "prefetch_engine"
-#: model name -> (served class, pipeline attribute it is swapped into)
-MODELS = {CODEC_MODEL: (ServedCodecModel, "codec_model"),
-          PREFETCH_MODEL: (ServedPrefetchModel, "prefetch_model")}
 
 
 async def _write_job(job: dict[str, Any], f, chunk: int = 500) -> None:
@@ -64,6 +56,9 @@ async def _write_job(job: dict[str, Any], f, chunk: int = 500) -> None:
 
 
 class Retrainer:
+    """Retraining, gating, canaries and swaps of the batch models (each described by its
+    :class:`~pakit_stream.specs.ModelSpec`)."""
+
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self.settings, self.pipeline = settings, pipeline
         self.registry = ModelRegistry(settings.data_dir)  # models/<name>/<version>/
@@ -71,55 +66,97 @@ class Retrainer:
         self.started = time.time()
         self.last_run: dict[str, float] = {}
         self.suppressed = 0  # reads the last k-anonymity check kept out of training
-        #: called with a model name whenever this worker starts serving another version
+        #: called with ``(model name, role)`` whenever this worker starts serving another
+        #: version (role ``"serving"``) or another canary (role ``"canary"``)
         self.on_serving_change: list = []
         self._lock = asyncio.Lock()
 
+    # loading and swapping ------------------------------------------------------------------
     def load_serving(self, name: str = CODEC_MODEL) -> bool:
         """Swap the registry's serving version in; a bad file is refused and nothing changes."""
-        return self._swap(name, self._prepare(name))
+        return self._swap(name, self._prepare(name, self.registry.serving(name)))
 
     async def load_serving_async(self, name: str = CODEC_MODEL) -> bool:
         """:meth:`load_serving`, with the file's check and load (and, for the codec net, the
         timing of its forward pass) in a thread, so that only the swap runs on the loop."""
         loop = asyncio.get_running_loop()
-        return self._swap(name, await loop.run_in_executor(None, self._prepare, name))
+        model = await loop.run_in_executor(None, self._prepare, name, self.registry.serving(name))
+        return self._swap(name, model)
 
-    def _prepare(self, name: str):
-        """The serving version, verified and loaded; ``None`` if there is none or it is bad."""
-        version = self.registry.serving(name)
+    def _prepare(self, name: str, version: str | None):
+        """``version`` of ``name``, verified and loaded; ``None`` if absent or bad."""
         if version is None:
             return None
-        served_class, _ = MODELS[name]
         try:
-            model = served_class(self.registry.verified_file(name, version))
+            return spec_of(name).load(self.registry.verified_file(name, version),
+                                      self.registry.metadata(name, version), self.pipeline)
         except ModelLoadError:
-            log.exception("serving %s %s refused; keeping the current model", name, version)
+            log.exception("%s %s refused; keeping the current model", name, version)
             return None
-        if name == CODEC_MODEL:  # the gate's evidence: how much cheaper it chose (a share)
-            gate = self.registry.metadata(name, version).get("gate") or {}
-            model.relative_cost = relative_cost(gate.get("candidate_score"))
-            model.ask_us = self.pipeline.codec_ask_us(model)
-        return model
 
     def _swap(self, name: str, model) -> bool:
         if model is None:
             return False
-        setattr(self.pipeline, MODELS[name][1], model)  # one assignment: the swap
+        setattr(self.pipeline, SPECS[name].slot, model)  # one assignment: the swap
         self.metrics.serving.labels(model=name).info({"version": model.version})
+        self._drop_canary(name, model.version)
         return True
 
     def load_all(self) -> None:
-        for name in MODELS:
+        """Serve what the registry says: the serving versions and the running canaries (whose
+        online comparison starts again from nothing)."""
+        for name in SPECS:
             self.load_serving(name)
+            version = self.registry.canary(name)
+            model = self._prepare(name, version)
+            if model is not None:
+                self._start_canary(name, model)
 
+    # canaries ------------------------------------------------------------------------------
+    def _start_canary(self, name: str, model) -> None:
+        self.pipeline.canaries[name] = Canary(name, model.version, model,
+                                              self.settings.canary_share)
+        self.metrics.canary.labels(model=name).info({"version": model.version})
+        log.info("%s %s serves %.0f%% of the nodes as a canary", name, model.version,
+                 100 * self.settings.canary_share)
+
+    def _drop_canary(self, name: str, promoted: str | None = None) -> None:
+        canary = self.pipeline.canaries.pop(name, None)
+        if canary is not None:
+            self.metrics.canary.labels(model=name).info({"version": ""})
+            log.info("%s canary %s ended (%s)", name, canary.version,
+                     "promoted" if canary.version == promoted else "rolled back")
+
+    def judge_canaries(self) -> dict[str, str]:
+        """Promote or roll back each canary whose evidence is in (the leader calls it);
+        returns ``{model: "promote" | "rollback"}`` for those decided."""
+        s, decided = self.settings, {}
+        for name, canary in list(self.pipeline.canaries.items()):
+            self.metrics.export_canary(name, canary)
+            verdict = canary.verdict(s.canary_min_samples, s.canary_max_samples)
+            if verdict is None:
+                continue
+            report = canary.report()
+            log.info("%s canary %s: %s (%s)", name, canary.version, verdict, report)
+            self.metrics.canary_decisions.labels(model=name, outcome=verdict).inc()
+            if verdict == "promote":
+                self.registry.promote(name, canary.version)
+                self._swap(name, canary.model)
+            else:
+                self.registry.end_canary(name, "worse online than the serving version",
+                                         canary=report)
+                self._drop_canary(name)
+            self._changed(name, "serving")
+            decided[name] = verdict
+        return decided
+
+    # when ----------------------------------------------------------------------------------
     def due(self, name: str = CODEC_MODEL) -> str | None:
-        p, s = self.pipeline, self.settings
-        if name == CODEC_MODEL:
-            size, new, drifted = len(p.codec_window), p.codec_new, p.codec_drift
-        else:
-            size, new, drifted = len(p.access_window), p.prefetch_new, False
-        if size < s.retrain_min_samples:
+        spec, s = SPECS[name], self.settings
+        if name in self.pipeline.canaries:
+            return None  # one candidate at a time: the running canary is decided first
+        new, drifted = spec.pending(self.pipeline)
+        if len(spec.window(self.pipeline)) < s.retrain_min_samples:
             return None
         if drifted:
             return "drift"
@@ -139,31 +176,26 @@ class Retrainer:
     def split(self, name: str) -> tuple[list, list, int]:
         """``(train, holdout, window size)``: the newest ``retrain_holdout_fraction`` of the
         window is held out."""
-        p, keep = self.pipeline, 1 - self.settings.retrain_holdout_fraction
-        if name == CODEC_MODEL:
-            window = list(p.codec_window)
-            cut = int(len(window) * keep)
-            return window[:cut], window[cut:], len(window)
-        reads = list(p.access_window)  # (node, block, object, index, count)
-        if self.settings.k_anonymity > 1:  # blocks fewer than k nodes read never train
-            reads, report = k_anonymous(reads, individual=lambda r: r[0], quasi=lambda r: r[1],
-                                        k=self.settings.k_anonymity)
-            self.suppressed = report.suppressed
-        cut = int(len(reads) * keep)
-        return reads[:cut], reads[cut:], len(p.access_window)
+        spec = SPECS[name]
+        window = spec.window(self.pipeline)
+        train, holdout, suppressed = spec.split(window, 1 - self.settings.retrain_holdout_fraction,
+                                                self.settings)
+        if suppressed or self.settings.k_anonymity > 1:
+            self.suppressed = suppressed
+        return train, holdout, len(window)
+
+    def params(self, name: str) -> dict[str, Any]:
+        """How the gates of ``name`` build their judge (as the daemon builds its learner)."""
+        return SPECS[name].params(self.settings)
 
     async def _retrain(self, reason: str, name: str) -> dict[str, Any]:
-        p, s = self.pipeline, self.settings
+        s, spec = self.settings, SPECS[name]
         train, holdout, size = self.split(name)
-        if name == CODEC_MODEL:
-            p.codec_new, p.codec_drift = 0, False
-        else:
-            p.prefetch_new = 0
+        spec.reset(self.pipeline)
         job = {"name": name, "store": str(self.registry.root), "train": train,
                "holdout": holdout, "threads": s.retrain_threads, "epochs": 30,
-               "codec": self.codec_prices(),
-               "min_gain": s.retrain_min_gain, "max_vocab": s.prefetch_max_vocab,
-               "prefetch": self.prefetch_params(),
+               "params": self.params(name), "min_gain": s.retrain_min_gain,
+               "max_vocab": s.prefetch_max_vocab, "canary": s.canary_share > 0,
                "window": {"samples": size, "reason": reason, "ended": time.time()}}
         self.last_run[name] = time.time()
         started = time.perf_counter()
@@ -186,23 +218,28 @@ class Retrainer:
         result = json.loads(out.decode().strip().splitlines()[-1])
         self.metrics.retrain_samples.labels(model=name).set(result["samples"])
         log.info("retrain of %s (%s): %s", name, reason, result["reason"])
-        if result["accepted"]:
-            await self.load_serving_async(name)
-        return self._judged(name, result, started, loaded=True)
+        return await self._judged(name, result, started)
 
-    def _judged(self, name: str, result: dict[str, Any], started: float,
-                loaded: bool = False) -> dict[str, Any]:
-        """Count a gate's verdict and swap an accepted version in (unless ``loaded``)."""
+    async def _judged(self, name: str, result: dict[str, Any], started: float
+                      ) -> dict[str, Any]:
+        """Count a gate's verdict; serve an accepted version, or start it as a canary."""
         m = self.metrics
         outcome = "accepted" if result["accepted"] else "rejected"
         m.retrains.labels(model=name, outcome=outcome).inc()
         m.retrain_seconds.labels(model=name).observe(time.perf_counter() - started)
         if result["accepted"]:
-            if not loaded:
-                self.load_serving(name)
-            self._changed(name)
-            if name == PREFETCH_MODEL:
-                m.prefetch_holdout.set(result["candidate_score"])
+            loop = asyncio.get_running_loop()
+            model = await loop.run_in_executor(None, self._prepare, name, result["candidate"])
+            if model is None:
+                return {"outcome": "failed", **result,
+                        "reason": "the accepted version could not be loaded"}
+            if result.get("canary"):
+                self._start_canary(name, model)
+                self._changed(name, "canary")
+            else:
+                self._swap(name, model)
+                self._changed(name, "serving")
+            SPECS[name].on_accepted(m, result)
         return {"outcome": outcome, **result}
 
     def _failed(self, name: str, started: float, why: str) -> dict[str, Any]:
@@ -211,77 +248,84 @@ class Retrainer:
         self.metrics.retrain_seconds.labels(model=name).observe(time.perf_counter() - started)
         return {"outcome": "failed", "reason": why}
 
-    def codec_prices(self) -> dict[str, float]:
-        s = self.settings
-        return {"cpu_bytes_per_us": s.codec_cpu_bytes_per_us, "probe_us": s.codec_probe_us,
-                "entropy_us": s.codec_entropy_us, "lookup_us": s.codec_lookup_us,
-                "halflife": s.codec_halflife}
-
-    def prefetch_params(self) -> dict[str, Any]:
-        """How the daemon's prefetch learner is built: the gates build theirs the same way."""
-        s = self.settings
-        return {"min_confidence": s.prefetch_min_confidence, "horizon": s.prefetch_horizon,
-                "successor_capacity": s.successor_capacity,
-                "score_every": s.prefetch_score_every}
-
+    # the admin gate, rollback, replication -------------------------------------------------
     def served_score(self, name: str, model, holdout, train=()) -> float:
-        """The gate's score of a served model: for the codec net, how much cheaper it is
-        than the cost tables and the best fixed codec (:func:`judge_codec_net`); for the
-        prefetch step net, the hit ratio at 5 of the prefetch learner that serves it
-        (:func:`~pakit_stream.learners.prefetch.judge_net`)."""
-        if name == PREFETCH_MODEL:
-            return judge_net(model, list(train), holdout, **self.prefetch_params())
-        prices = self.codec_prices()
-        net_us = forward_us(model, holdout[0][0]["features"])
-        return judge_codec_net(model, train, holdout, net_us=net_us, **prices)["gain"]
+        """The gate's score of a served model (:meth:`ModelSpec.judge
+        <pakit_stream.specs.ModelSpec.judge>`)."""
+        return SPECS[name].judge(model, train, holdout, self.params(name))[0]
 
-    def gate_candidate(self, name: str, version: str,
-                       min_gain: float | None = None) -> dict[str, Any]:
+    async def gate_candidate(self, name: str, version: str,
+                             min_gain: float | None = None) -> dict[str, Any]:
         """Judge a registered candidate (trained anywhere) against the serving version on this
-        daemon's held-out window, with the served (numpy) models; promote and swap it in, or
-        reject it (it is kept for inspection)."""
-        served_class, _ = MODELS[name]
+        daemon's held-out window, with the served (numpy) models; serve it (as a canary first,
+        when ``canary_share`` is set), or reject it (it is kept for inspection)."""
+        spec = SPECS[name]
         train, holdout, _ = self.split(name)
         if not holdout or not any(holdout):
-            raise ValueError(f"{name}: no recent data to judge a candidate on")
+            raise ModelLoadError(f"{name}: no recent data to judge a candidate on")
 
         class Served:  # what the registry's gate loads each version into
             @staticmethod
             def load(path):
-                return served_class(path)
+                return spec.file_for(path)
 
         started = time.perf_counter()
+        params = self.params(name)
         result = self.registry.gate(name, version, Served,
-                                    lambda model: self.served_score(name, model, holdout, train),
+                                    lambda model: spec.judge(model, train, holdout, params)[0],
                                     min_gain=self.settings.retrain_min_gain
                                     if min_gain is None else min_gain,
-                                    floor=0.0 if name == CODEC_MODEL else
-                                    judge_net(None, train, holdout, **self.prefetch_params()))
-        return self._judged(name, result, started)
+                                    floor=spec.floor(train, holdout, params),
+                                    canary=self.settings.canary_share > 0)
+        return await self._judged(name, result, started)
 
     def rollback(self, name: str = CODEC_MODEL) -> str:
+        """End the canary of ``name`` if one runs (the serving version stays); else serve the
+        version served before. Returns the version that serves now."""
+        if self.registry.canary(name) is not None:
+            self.registry.end_canary(name, "rolled back by an operator")
+            self._drop_canary(name)
+            self._changed(name, "serving")
+            return self.registry.serving(name)
         version = self.registry.rollback(name)
         if not self.load_serving(name):
             raise ModelLoadError(f"{name} {version} could not be loaded")
-        self._changed(name)
+        self._changed(name, "serving")
         return version
 
-    def _changed(self, name: str) -> None:
+    def _changed(self, name: str, role: str) -> None:
         for callback in self.on_serving_change:
             try:
-                callback(name)
+                callback(name, role)
             except Exception:  # publishing must not undo what was served
-                log.exception("could not announce the new serving version of %s", name)
+                log.exception("could not announce the new %s version of %s", role, name)
 
     async def adopt(self, record: bytes) -> str | None:
-        """Serve a version another worker published (see :meth:`ModelRegistry.adopt`); returns
-        the model name, or None when this worker already served it (its own publication). The
-        record is checked, written and loaded in a thread; only the swap runs on the loop."""
+        """Serve a version another worker published (see :meth:`ModelRegistry.install`), as it
+        was published: serving, or a canary. Returns the model name, or ``None`` when nothing
+        changed (this worker's own publication). The record is checked, stored and loaded in a
+        thread before anything is promoted; only the swap runs on the loop."""
         loop = asyncio.get_running_loop()
-        name, version = await loop.run_in_executor(None, self.registry.adopt, record)
-        served = getattr(self.pipeline, MODELS[name][1])
-        if served is not None and served.version == version:
+        name, version, role = await loop.run_in_executor(None, self.registry.install, record,
+                                                         tuple(SPECS))
+        canary = self.pipeline.canaries.get(name)
+        served = getattr(self.pipeline, SPECS[name].slot)
+        if role == "canary" and canary is not None and canary.version == version:
             return None
-        if not await self.load_serving_async(name):
-            raise ModelLoadError(f"{name}: the adopted version could not be loaded")
+        if role == "serving" and served is not None and served.version == version:
+            if canary is None:
+                return None
+            self.registry.end_canary(name, "rolled back by the leader")
+            self._drop_canary(name)  # the leader kept the serving version
+            return name
+        model = await loop.run_in_executor(None, self._prepare, name, version)
+        if model is None:
+            raise ModelLoadError(f"{name} {version}: the published {role} version could not "
+                                 "be loaded")
+        if role == "canary":
+            self.registry.start_canary(name, version)
+            self._start_canary(name, model)
+        else:
+            self.registry.promote(name, version)
+            self._swap(name, model)
         return name

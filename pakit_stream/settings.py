@@ -19,6 +19,7 @@ import dataclasses
 import os
 import re
 import typing
+from typing import Any
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -158,6 +159,15 @@ class Settings:
     retrain_min_gain: float = _setting(
         0.0, "Held-out accuracy a candidate must gain over the serving model to replace it.")
     retrain_timeout_s: float = _setting(600.0, "A retrain running longer is killed.")
+    canary_share: float = _setting(
+        0.1, "Share of the nodes (by a hash of node_id) a newly accepted batch model serves "
+        "first, as a canary, while its online quality is compared with the serving version's "
+        "on the same events; 0 serves an accepted model to every node at once.")
+    canary_min_samples: int = _setting(
+        200, "Paired events (both arms scored) before a canary may be promoted or rolled back.")
+    canary_max_samples: int = _setting(
+        2000, "Paired events after which a canary that is neither better nor worse with 95% "
+        "confidence is decided by the sign of its mean difference.")
     retrain_threads: int = _setting(1, "torch threads of a retrain (leave a core to the agents).")
     prefetch_window: int = _setting(200_000, "Recent reads kept to train the prefetch model.")
     prefetch_max_vocab: int = _setting(
@@ -237,6 +247,10 @@ class Settings:
         for name in ("codec_probe_us", "codec_entropy_us", "codec_lookup_us"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.canary_share < 1:
+            raise ConfigError("canary_share must be in [0, 1)")
+        if not 1 <= self.canary_min_samples <= self.canary_max_samples:
+            raise ConfigError("canary_min_samples must be from 1 to canary_max_samples")
         if not 0 < self.retrain_holdout_fraction < 1:
             raise ConfigError("retrain_holdout_fraction must be in (0, 1)")
         if not 1 <= self.prefetch_score_every <= 1024:
@@ -266,8 +280,10 @@ class Settings:
             if not (self.kafka_sasl_username and self.kafka_sasl_password):
                 raise ConfigError("SASL needs kafka_sasl_username and kafka_sasl_password")
 
-    def kafka_config(self) -> dict[str, str]:
-        """The security settings as kafka-python client arguments.
+    def kafka_config(self, client: str = "kafka-python") -> dict[str, Any]:
+        """The security settings as the arguments of a Kafka client: ``"kafka-python"`` (the
+        CA and certificate files) or ``"aiokafka"`` (an SSL context made from them). The one
+        place the security settings are translated; :meth:`faust_credentials` builds on it.
 
         >>> Settings().kafka_config()
         {'security_protocol': 'PLAINTEXT'}
@@ -276,17 +292,37 @@ class Settings:
         ['sasl_mechanism', 'sasl_plain_password', 'sasl_plain_username', 'security_protocol', 'ssl_cafile']
         """
         protocol = self.kafka_security_protocol
-        config = {"security_protocol": protocol}
+        config: dict[str, Any] = {"security_protocol": protocol}
         if protocol.startswith("SASL"):
             config.update(sasl_mechanism=self.kafka_sasl_mechanism,
                           sasl_plain_username=self.kafka_sasl_username,
                           sasl_plain_password=self.kafka_sasl_password)
         if protocol.endswith("SSL"):
-            for key in ("cafile", "certfile", "keyfile"):
-                value = getattr(self, f"kafka_ssl_{key}")
-                if value:
-                    config[f"ssl_{key}"] = value
+            if client == "aiokafka":
+                import ssl
+
+                context = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+                if self.kafka_ssl_certfile:
+                    context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+                config["ssl_context"] = context
+            else:
+                for key in ("cafile", "certfile", "keyfile"):
+                    value = getattr(self, f"kafka_ssl_{key}")
+                    if value:
+                        config[f"ssl_{key}"] = value
         return config
+
+    def faust_credentials(self):
+        """Faust's broker credentials for the security settings; ``None`` for PLAINTEXT."""
+        import faust
+
+        config = self.kafka_config("aiokafka")
+        context = config.get("ssl_context")
+        if config["security_protocol"].startswith("SASL"):
+            return faust.SASLCredentials(username=config["sasl_plain_username"],
+                                         password=config["sasl_plain_password"],
+                                         mechanism=config["sasl_mechanism"], ssl_context=context)
+        return None if context is None else faust.SSLCredentials(context)
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

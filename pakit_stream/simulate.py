@@ -28,6 +28,7 @@ import cramjam
 import numpy as np
 
 from pakit_stream.events.fingerprint import block_minhash
+from pakit_stream.exceptions import DataError
 
 __all__ = ["Block", "read_blocks", "codec_results", "entropy", "probe_ratio", "block_events",
            "PeerWorld", "gossip_round", "NodeSimulator", "CODECS", "default_source"]
@@ -181,7 +182,7 @@ class NodeSimulator:
     def __init__(self, blocks: list[Block], n_nodes: int = 4, seed: int = 7,
                  cache_blocks: int = 200) -> None:
         if not blocks:
-            raise ValueError("no blocks to simulate with")
+            raise DataError("no blocks to simulate with")
         self.blocks = blocks
         self.rng = np.random.default_rng(seed)
         self.nodes = [f"node-{i}" for i in range(n_nodes)]

@@ -139,4 +139,4 @@ def test_cli_lists_versions_and_rolls_back(store):
     assert json.loads(out.stdout) == {"name": "compression_predictor", "serving": va}
     bad = subprocess.run(cli + ["rollback", "compression_predictor", "--data-dir",
                                 str(store.root)], capture_output=True, text=True)
-    assert bad.returncode == 1 and "no earlier version" in bad.stderr
+    assert bad.returncode == 2 and "no earlier version" in bad.stderr

@@ -66,7 +66,7 @@ def test_daemon_retrains_swaps_rolls_back_and_refuses_a_corrupt_model(producer, 
     daemon = daemon_factory(tmp_path / "store", PAKIT_STREAM_RETRAIN_CHECK_S=1,
                             PAKIT_STREAM_RETRAIN_MIN_NEW=300, PAKIT_STREAM_RETRAIN_MIN_SAMPLES=300,
                             PAKIT_STREAM_RETRAIN_MIN_GAIN=-1, PAKIT_STREAM_ADMIN_TOKEN="s3cret",
-                            PAKIT_STREAM_RETRAIN_TIMEOUT_S=240)
+                            PAKIT_STREAM_RETRAIN_TIMEOUT_S=240, PAKIT_STREAM_CANARY_SHARE=0)
     before = hint(daemon, 7.5)
     assert before["source"] == "fallback" and before["model_version"] is None
     versions = []

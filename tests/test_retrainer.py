@@ -113,7 +113,7 @@ def test_prefetch_model_is_retrained_served_and_hinted(tmp_path):
     assert result["outcome"] == "accepted", result
     assert p.prefetch_model.version == result["version"] and p.prefetch_new == 0
     # the gate judged the learner that serves, built as the daemon builds it
-    params = r.prefetch_params()
+    params = r.params("prefetch_engine")
     assert (params["min_confidence"], params["horizon"]) == (
         p.prefetcher.min_confidence, p.prefetcher.horizon)
     train, holdout, _ = r.split("prefetch_engine")

@@ -9,7 +9,6 @@ import sys
 import faust
 import pytest
 
-from pakit_stream.app import credentials
 from pakit_stream.exceptions import ConfigError
 from pakit_stream.settings import Settings
 
@@ -24,11 +23,13 @@ def test_sasl_and_tls_settings_become_client_arguments_and_faust_credentials():
     assert s.kafka_config() == {"security_protocol": "SASL_PLAINTEXT",
                                 "sasl_mechanism": "SCRAM-SHA-512",
                                 "sasl_plain_username": "node", "sasl_plain_password": "pw"}
-    creds = credentials(s)
+    creds = s.faust_credentials()
     assert isinstance(creds, faust.SASLCredentials)
     assert (creds.username, creds.password, creds.ssl_context) == ("node", "pw", None)
     tls = Settings(kafka_security_protocol="SSL")
-    assert isinstance(credentials(tls), faust.SSLCredentials) and credentials(Settings()) is None
+    assert isinstance(tls.faust_credentials(), faust.SSLCredentials)
+    assert Settings().faust_credentials() is None
+    assert "ssl_context" in tls.kafka_config("aiokafka")
     # kafka-python accepts every argument we pass (an unknown one would raise)
     from kafka import KafkaProducer
     assert set(s.kafka_config()) <= set(KafkaProducer.DEFAULT_CONFIG)

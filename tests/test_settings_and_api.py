@@ -59,7 +59,7 @@ def test_hint_cli_reports_an_absent_daemon():
 
 
 def test_the_daemon_never_imports_torch():
-    code = ("import sys, pakit_stream.app, pakit_stream.daemon, pakit_stream.models, "
+    code = ("import sys, pakit_stream.daemon.core, pakit_stream.daemon, pakit_stream.models, "
             "pakit_stream.cli, pakit_stream.telemetry, pakit_stream.training, "
             "pakit_stream.retrain; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from pakit_stream.base_model import ModelConfig
-from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.exceptions import ModelLoadError, UsageError
 from pakit_stream.modelfile import read_model_file
 
 __all__ = ["BatchModel", "resolve_device"]
@@ -67,7 +67,7 @@ class BatchModel:
     # files ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         if self.net is None:
-            raise ValueError(f"{type(self).__name__} has not been trained")
+            raise UsageError(f"{type(self).__name__} has not been trained")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"kind": type(self).__name__, "version": self.version, **self._describe()}

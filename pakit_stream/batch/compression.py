@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from pakit_stream.batch.base import BatchModel
+from pakit_stream.exceptions import DataError, UsageError
 
 __all__ = ["CompressionPredictor"]
 
@@ -54,7 +55,7 @@ class CompressionPredictor(BatchModel):
     def prepare(self, train_data, hidden_dim: int | None = None, dropout: float | None = None):
         samples = list(train_data)
         if not samples:
-            raise ValueError("no training samples")
+            raise DataError("no training samples")
         self.feature_names = sorted({k for f, _ in samples for k in f})
         self.classes = sorted({str(c) for _, label in samples
                                for c in (label if isinstance(label, Mapping) else (label,))})
@@ -97,7 +98,7 @@ class CompressionPredictor(BatchModel):
     @torch.no_grad()
     def predict_proba(self, features: Sequence[Mapping[str, float]]) -> torch.Tensor:
         if self.net is None:
-            raise ValueError("CompressionPredictor has not been trained")
+            raise UsageError("CompressionPredictor has not been trained")
         self.net.eval()
         return torch.softmax(self.net(self._matrix(features).to(self.device)), dim=1).cpu()
 

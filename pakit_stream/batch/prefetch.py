@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from pakit_stream.batch.base import BatchModel
+from pakit_stream.exceptions import DataError
 from pakit_stream.learners.successors import SuccessorTable
 from pakit_stream.training.config import TrainingConfig
 from pakit_stream.training.dataset import TrainingDataset
@@ -106,7 +107,7 @@ class PrefetchEngine(BatchModel):
             self.fallback.learn_sequence(seq[:cut], node_id=str(id(seq)))
         train, val = self.examples(heads), self.examples(tails)
         if not len(train):
-            raise ValueError("sequences too short to learn from")
+            raise DataError("sequences too short to learn from")
         return ModelTrainer(training_config or TrainingConfig(num_epochs=20)).train(self, train, val)
 
     # answering -----------------------------------------------------------------------------

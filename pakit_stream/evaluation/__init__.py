@@ -21,6 +21,7 @@ from typing import Any
 
 from pakit_stream.evaluation.report import (OURS, Evaluation, combine, readme_section,
                                            update_readme, write)
+from pakit_stream.exceptions import UsageError
 
 __all__ = ["LEARNERS", "DEFAULT_SEEDS", "evaluate", "Evaluation", "OURS", "readme_section",
            "update_readme"]
@@ -34,7 +35,7 @@ def evaluate(learner: str, paths: list[Path], out: Path, *,
     """Run ``learner``'s evaluation on ``paths`` once per seed; write ``out/results.json`` and
     ``out/report.md`` (means and 95% intervals over the seeds); return the results document."""
     if learner not in LEARNERS:
-        raise ValueError(f"unknown learner {learner!r}; one of {', '.join(LEARNERS)}")
+        raise UsageError(f"unknown learner {learner!r}; one of {', '.join(LEARNERS)}")
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"no such data: {', '.join(missing)}")
@@ -43,7 +44,7 @@ def evaluate(learner: str, paths: list[Path], out: Path, *,
     module = importlib.import_module(f"pakit_stream.evaluation.{learner}")
     seeds = list(seeds) if getattr(module, "SEEDED", True) else list(seeds)[:1]
     if not seeds:
-        raise ValueError("at least one seed")
+        raise UsageError("at least one seed")
     paths = [Path(p) for p in paths]
     runs = [module.run(paths, out, seed=seed, plots=i == 0, **options)
             for i, seed in enumerate(seeds)]

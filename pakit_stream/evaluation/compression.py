@@ -37,6 +37,7 @@ import numpy as np
 
 from pakit_stream.evaluation.intervals import mean_interval
 from pakit_stream.evaluation.report import OURS, Evaluation, figure, labels, save
+from pakit_stream.exceptions import DataError
 from pakit_stream.features import codec_features
 from pakit_stream.learners.codec import (CodecCostModel, heuristic_codec, ratio_bucket,
                                          size_bucket)
@@ -117,7 +118,7 @@ def load_corpora(paths: list[Path], avg_sizes=AVG_SIZES, max_bytes: int | None =
         if blocks:
             corpora[name] = blocks
     if not corpora:
-        raise ValueError(f"no blocks under {', '.join(map(str, paths))}")
+        raise DataError(f"no blocks under {', '.join(map(str, paths))}")
     _CACHE[key] = corpora
     return corpora
 
@@ -307,7 +308,7 @@ def run(paths: list[Path], out: Path, *, cpu_bytes_per_us: float = 1.0, seed: in
         random.Random(seed).shuffle(files)
         held = set(files[:max(1, round(len(files) * 0.3))])
         if len(held) == len(files):
-            raise ValueError("need at least two files: one to train on and one to test on")
+            raise DataError("need at least two files: one to train on and one to test on")
         corpora = {f"{name} (held-out files)": [b for b in blocks if b.group.split("/", 1)[1] in held],
                    f"{name} (training files)": [b for b in blocks
                                                 if b.group.split("/", 1)[1] not in held]}

@@ -36,6 +36,7 @@ import numpy as np
 from pakit_stream.evaluation.intervals import wilson
 from pakit_stream.evaluation.report import OURS, Evaluation, figure, save
 from pakit_stream.events.fingerprint import _shingle_hashes, block_minhash
+from pakit_stream.exceptions import DataError
 from pakit_stream.learners.dedup import DeduplicationOptimizer
 from pakit_stream.replay.blocks import chunk_tree
 from pakit_stream.settings import Settings
@@ -125,7 +126,7 @@ def run(paths: list[Path], out: Path, *, avg_size: int = 16384, max_blocks: int 
     data, hashes, stream = _stream(paths, avg_size, max_blocks)
     n, positions = len(data), len(stream)
     if n < 2:
-        raise ValueError("need at least two distinct blocks")
+        raise DataError("need at least two distinct blocks")
     sigs = np.array([block_minhash(b) for b in data], dtype=np.uint32)
     t0 = time.perf_counter()
     truth = jaccard_matrix(data)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pakit_stream.evaluation.report import OURS, Evaluation, figure, labels, save
+from pakit_stream.exceptions import DataError
 from pakit_stream.learners.network import (ACTIONS, FALLBACK_FANOUT, FALLBACK_TTL,
                                            NetworkOptimizer)
 from pakit_stream.replay.gossip import LOSSES, SIZES, GossipReplay, broadcast
@@ -84,7 +85,7 @@ def run(paths: list[Path], out: Path, *, unit: str, seed: int = 0, train_rounds:
     matrix = RttMatrix.load(paths[0], unit, max_slices=max_slices)
     cut = max(1, int(matrix.slices * 0.7))
     if cut >= matrix.slices:
-        raise ValueError("need at least two slices: one to train on, one to test on")
+        raise DataError("need at least two slices: one to train on, one to test on")
     train, test = matrix.window(0, cut), matrix.window(cut, matrix.slices)
 
     opt = _learner()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from pakit_stream.exceptions import UsageError
+
 __all__ = ["mean_interval", "wilson", "Z95"]
 
 Z95 = 1.959963984540054
@@ -29,7 +31,7 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     """
     n = len(values)
     if n == 0:
-        raise ValueError("no values")
+        raise UsageError("no values")
     mean = math.fsum(values) / n
     if n == 1 or all(v == values[0] for v in values):
         return mean, mean

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from pakit_stream.evaluation.report import OURS, Evaluation, figure, save
+from pakit_stream.exceptions import DataError
 from pakit_stream.learners.successors import SuccessorTable
 from pakit_stream.replay.traces import read_requests
 
@@ -111,7 +112,7 @@ def evaluate_trace(ids: np.ndarray, *, k: int = 5, depth: int = 2, max_test: int
     cut = int(len(seq) * train_share)
     train, test = seq[:cut], seq[cut:cut + max_test]
     if len(train) < 10 or len(test) < 10:
-        raise ValueError(f"trace too short to split ({len(seq)} accesses)")
+        raise DataError(f"trace too short to split ({len(seq)} accesses)")
     obj = "trace"  # one object: the volume the trace addresses
     reads = [("node", seq[i], obj, addresses[i], counts[i]) for i in range(len(seq))]
     train_reads, test_reads = reads[:cut], reads[cut:cut + max_test]

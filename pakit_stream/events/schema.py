@@ -18,6 +18,8 @@ from typing import Annotated, Generic, Literal, TypeVar
 import msgspec
 from msgspec import Meta, Struct
 
+from pakit_stream.exceptions import InvalidEventError
+
 __all__ = [
     "Event",
     "BlockStored",
@@ -164,11 +166,13 @@ PEER_CONTEXT_KEYS = ("time_of_day", "network_load", "block_size_log")
 
 
 def check_peer_context(context) -> None:
-    """Raise ``ValueError`` naming the first context key outside :data:`PEER_CONTEXT_KEYS`
-    (the peer learner's features are fixed, so that no event can grow its state)."""
+    """Raise :class:`~pakit_stream.exceptions.InvalidEventError` (a ``ValueError``) naming the
+    first context key outside :data:`PEER_CONTEXT_KEYS` (the peer learner's features are
+    fixed, so that no event can grow its state)."""
     for key in context or ():
         if key not in PEER_CONTEXT_KEYS:
-            raise ValueError(f"context key {key!r} is not one of {', '.join(PEER_CONTEXT_KEYS)}")
+            raise InvalidEventError(f"context key {key!r} is not one of "
+                                    f"{', '.join(PEER_CONTEXT_KEYS)}")
 
 
 E = TypeVar("E")

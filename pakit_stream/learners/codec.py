@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from pakit_stream.base_model import ModelConfig, OnlineModel
+from pakit_stream.exceptions import UsageError
 
 __all__ = ["CodecCostModel", "CodecChoice", "CodecPolicy", "CODEC_MENU", "heuristic_codec",
            "EXPERTS", "forward_us", "size_bucket", "ratio_bucket"]
@@ -360,7 +361,7 @@ class CodecCostModel(OnlineModel):
         """A codec never seen before joins the tables and, as a fixed rule, the experts (with
         the worst running cost: it leads only once it has paid off)."""
         if not isinstance(codec, str) or not codec:
-            raise ValueError(f"codec names are non-empty strings, got {codec!r}")
+            raise UsageError(f"codec names are non-empty strings, got {codec!r}")
         at = len(self.codecs)
         self.codecs += (codec,)
         self._index[codec] = at
@@ -398,10 +399,11 @@ class CodecCostModel(OnlineModel):
     # -- choosing -------------------------------------------------------------------------------
     def choose(self, block_size: int, node_id: str | None = None,
                probe: Callable[[], float] | float | None = None,
-               features: Mapping[str, float] | None = None) -> CodecChoice:
+               features: Mapping[str, float] | None = None, net=None) -> CodecChoice:
         """The leading expert's codec for this block. ``probe`` is the probe ratio or a
         function computing it (called only if the leader reads it); without one, only experts
-        that do not read it are eligible."""
+        that do not read it are eligible. ``net``, when given, answers for the net expert in
+        place of the attached one (a canary's arm: :mod:`pakit_stream.canary`)."""
         size = int(block_size)
         lead = self._leader(size, self._eligible(probe is not None, features is not None), node_id)
         if lead is None:
@@ -415,7 +417,7 @@ class CodecCostModel(OnlineModel):
             value = probe() if callable(probe) else probe
             probed = True
         if name == "net":
-            codec = self.net.predict(features)["algorithm"]
+            codec = (net or self.net).predict(features)["algorithm"]
             return CodecChoice(codec, name, True, self.net_us)
         pick = self._pick(self._expert_rates(size, recent, value)[name])
         us = self.lookup_us + (self.probe_us if probed else 0.0)

@@ -71,6 +71,7 @@ from datasketch.lsh import _optimal_param
 from pakit_stream.base_model import ModelConfig, OnlineModel
 from pakit_stream.events.fingerprint import MINHASH_SEED
 from pakit_stream.events.schema import MINHASH_PERM
+from pakit_stream.exceptions import UsageError
 
 __all__ = ["DeduplicationOptimizer", "band_params"]
 
@@ -125,11 +126,11 @@ class DeduplicationOptimizer(OnlineModel):
                  max_candidates: int = 256, max_chain: int = 64) -> None:
         super().__init__(model_config)
         if not 0 < threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+            raise UsageError(f"threshold must be in (0, 1), got {threshold}")
         if not 1 <= capacity < 2**31 - 1:  # links are int32 slot numbers + 1
-            raise ValueError(f"capacity must be from 1 to 2^31 − 2, got {capacity}")
+            raise UsageError(f"capacity must be from 1 to 2^31 − 2, got {capacity}")
         if max_candidates < 1 or max_chain < 1:
-            raise ValueError("max_candidates and max_chain must be positive")
+            raise UsageError("max_candidates and max_chain must be positive")
         self.threshold, self.capacity, self.num_perm = threshold, capacity, num_perm
         self.max_candidates, self.max_chain = max_candidates, max_chain
         self.bands, self.rows = band_params(threshold, num_perm)
@@ -276,13 +277,13 @@ class DeduplicationOptimizer(OnlineModel):
             try:
                 sig = np.asarray(minhash)
                 if sig.dtype.kind not in "iu":  # floats, or integers beyond 64 bits
-                    raise ValueError(f"not integers ({sig.dtype})")
+                    raise UsageError(f"not integers ({sig.dtype})")
                 if sig.size and (sig.min() < 0 or sig.max() > 0xFFFFFFFF):
-                    raise ValueError("values out of range")
+                    raise UsageError("values out of range")
             except (TypeError, ValueError, OverflowError) as exc:
-                raise ValueError(f"minhash must hold integers 0 – 2^32−1 ({exc})") from None
+                raise UsageError(f"minhash must hold integers 0 – 2^32−1 ({exc})") from None
         if sig.ndim != (2 if many else 1) or sig.shape[-1] != self.num_perm:
-            raise ValueError(f"minhash must have {self.num_perm} values, got {sig.shape}")
+            raise UsageError(f"minhash must have {self.num_perm} values, got {sig.shape}")
         return sig.astype(np.uint32, copy=False)
 
     def _band_hashes(self, sigs: np.ndarray) -> np.ndarray:
@@ -306,7 +307,7 @@ class DeduplicationOptimizer(OnlineModel):
             joined = b""
         if len(joined) != HASH_BYTES * len(block_hashes) or any(
                 len(h) != 2 * HASH_BYTES for h in block_hashes):
-            raise ValueError("block hashes must be 64 hex characters")
+            raise UsageError("block hashes must be 64 hex characters")
         return np.frombuffer(joined, dtype=np.uint8).reshape(-1, HASH_BYTES).copy()
 
     # -- learning ----------------------------------------------------------------------------
@@ -317,7 +318,7 @@ class DeduplicationOptimizer(OnlineModel):
         except (TypeError, ValueError):
             raw = b""
         if len(raw) != HASH_BYTES:
-            raise ValueError("block hash must be 64 hex characters")
+            raise UsageError("block hash must be 64 hex characters")
         sig = self._signatures(minhash, many=False)
         key = self._key_of(raw)
         slot = self._find(raw, key)
@@ -370,14 +371,14 @@ class DeduplicationOptimizer(OnlineModel):
                  signatures: Sequence[Sequence[int]] | np.ndarray) -> None:
         """Index an envelope of fingerprints at once; the same state as :meth:`add` one by
         one. Everything is validated before anything changes: a bad row raises
-        ``ValueError`` and leaves the index as it was."""
+        :class:`~pakit_stream.exceptions.UsageError` and leaves the index as it was."""
         block_hashes = list(block_hashes)
         if not block_hashes:
             return
         raws = self._raws(block_hashes)
         sigs = self._signatures(signatures, many=True)
         if len(sigs) != len(raws):
-            raise ValueError(f"{len(raws)} block hashes but {len(sigs)} signatures")
+            raise UsageError(f"{len(raws)} block hashes but {len(sigs)} signatures")
         found = self._find_many(raws)
         keys = raws.view(np.uint64)[:, 0]
         if (found < 0).all() and np.unique(keys).size == len(keys):  # the usual envelope
@@ -516,7 +517,7 @@ class DeduplicationOptimizer(OnlineModel):
         started = time.perf_counter()
         min_j = self.threshold if min_jaccard is None else float(min_jaccard)
         if not 0 < min_j <= 1:
-            raise ValueError(f"min_jaccard must be in (0, 1], got {min_jaccard}")
+            raise UsageError(f"min_jaccard must be in (0, 1], got {min_jaccard}")
         heads = self._heads[cells]
         found: dict[int, None] = {}
         links, capped, most, chain = 0, False, self.max_candidates, range(self.max_chain)

@@ -48,6 +48,7 @@ import numpy as np
 from river import linear_model, stats
 
 from pakit_stream.base_model import ModelConfig, OnlineModel
+from pakit_stream.exceptions import UsageError
 
 __all__ = ["NetworkOptimizer", "FALLBACK_FANOUT", "FALLBACK_TTL", "ACTIONS", "mean_field"]
 
@@ -226,7 +227,7 @@ class NetworkOptimizer(OnlineModel):
                     ) -> float:
         """Learn one broadcast; returns its reward (for the quality figure)."""
         if mode not in _MODES:
-            raise ValueError(f"unknown gossip mode {mode!r}")
+            raise UsageError(f"unknown gossip mode {mode!r}")
         n = max(int(network_size), 1)
         x_short, x_pay = self._features(n, avg_latency_ms, message_loss_rate, mode, fanout, ttl,
                                         pull_rounds if mode == "push-pull" else 0)

@@ -46,6 +46,7 @@ from river import bandit, stats
 
 from pakit_stream.base_model import ModelConfig, OnlineModel
 from pakit_stream.events.schema import check_peer_context
+from pakit_stream.exceptions import UsageError
 
 __all__ = ["PeerSelector", "PeerChoice", "StalenessAwareSampling", "LagCorrelation"]
 
@@ -410,7 +411,7 @@ class PeerSelector(OnlineModel):
     def learn_fetch(self, peer_id: str, success: bool, latency_ms: float, block_size: int | None,
                     context: Mapping[str, float] | None, node_id: str | None = None,
                     ts: float | None = None) -> None:
-        """Learn one fetch's outcome. Raises ``ValueError`` for a context key outside
+        """Learn one fetch's outcome. Raises ``InvalidEventError`` for a context key outside
         :data:`~pakit_stream.events.schema.PEER_CONTEXT_KEYS`."""
         x = self._context(context, block_size, node_id, ts)
         if ts is not None and ts >= self._clock[0]:
@@ -430,7 +431,7 @@ class PeerSelector(OnlineModel):
                ts: float | None = None, sample: bool = True) -> PeerChoice:
         """Pick a peer for ``node_id``; a random one while no candidate has been seen."""
         if not available_peers:
-            raise ValueError("available_peers is empty")
+            raise UsageError("available_peers is empty")
         check_peer_context(context)
         peers = list(dict.fromkeys(available_peers))
         if not any(self._policy.knows(p) for p in peers):

@@ -301,9 +301,11 @@ class Prefetcher(OnlineModel):
         read, seen = self._calibration.get(source, (0.0, 0.0))
         return (read + 0.5) / (seen + 5.0)  # a weak prior of 10%
 
-    def _candidates(self, node_id: str, k: int) -> dict[Any, tuple[Proposal, list[tuple]]]:
+    def _candidates(self, node_id: str, k: int,
+                    net=None) -> dict[Any, tuple[Proposal, list[tuple]]]:
         """Every proposal after the node's last read, by key (its position when known, else
-        its hash), with the buckets it falls in (unranked)."""
+        its hash), with the buckets it falls in (unranked); ``net`` stands in for the step
+        net."""
         last = self._last.get(node_id)
         if last is None:
             return {}
@@ -325,7 +327,7 @@ class Prefetcher(OnlineModel):
                           ("stride", j, support, agrees), None)
         for nxt, bucket, (obj, idx) in self._successor_buckets(block_hash, k):
             self._add(out, obj, idx, bucket, nxt)
-        net = self.net
+        net = net or self.net
         if net is not None and stream is not None and stream.steps:
             for r, (step, p) in enumerate(self._net_steps(net, stream.steps, k), 1):
                 self._add(out, object_id, index + step,
@@ -374,12 +376,15 @@ class Prefetcher(OnlineModel):
         cost = None if reuse is None else reuse.hazard(cache_blocks)
         return self.min_confidence if cost is None else cost
 
-    def propose(self, node_id: str, k: int = 5,
-                cache_blocks: int | None = None) -> list[Proposal]:
+    def propose(self, node_id: str, k: int = 5, cache_blocks: int | None = None,
+                net=None) -> list[Proposal]:
         """The ``k`` most confident proposals after the node's last read, most confident
-        first, each at least :meth:`threshold` (for a cache of ``cache_blocks``)."""
-        candidates = self._cached.get(node_id)
-        if candidates is None:
+        first, each at least :meth:`threshold` (for a cache of ``cache_blocks``). ``net``, when
+        given, proposes in place of the attached step net (a canary's arm,
+        :mod:`pakit_stream.canary`); its proposals are scored in the net's buckets."""
+        if net is not None and net is not self.net:
+            candidates = self._candidates(node_id, self.max_k, net)
+        elif (candidates := self._cached.get(node_id)) is None:
             candidates = self._candidates(node_id, self.max_k)
             self._remember(self._cached, node_id, candidates, self.max_nodes)
         floor = self.threshold(node_id, cache_blocks)
@@ -397,10 +402,10 @@ class Prefetcher(OnlineModel):
         return node_id in self._last
 
     def hit(self, node_id: str, block_hash: str, object_id: str | None = None,
-            chunk_index: int | None = None, k: int = 5) -> bool:
+            chunk_index: int | None = None, k: int = 5, net=None) -> bool:
         """Whether a read is among the ``k`` proposals the node would be served just before
         it (call it before :meth:`observe` of that read): the prequential hit ratio at k."""
-        for p in self.propose(node_id, k):
+        for p in self.propose(node_id, k, net=net):
             if p.block_hash == block_hash or (
                     object_id is not None and p.chunk_index == chunk_index
                     and p.object_id == object_id):
@@ -408,14 +413,15 @@ class Prefetcher(OnlineModel):
         return False
 
     def predict(self, request: Mapping[str, Any]) -> list[Proposal]:
-        """``{node_id, k, cache_blocks}``: :meth:`propose` for a node whose reads this learner
-        has seen (``cache_blocks``, optional, is the size of the node's cache in blocks). For a
-        node it has not seen, ``recent_accesses`` (hashes, most recent last) asks the successor
-        table alone."""
+        """``{node_id, k, cache_blocks, net}``: :meth:`propose` for a node whose reads this
+        learner has seen (``cache_blocks``, optional, is the size of the node's cache in blocks;
+        ``net``, optional, a step net in place of the attached one). For a node it has not
+        seen, ``recent_accesses`` (hashes, most recent last) asks the successor table alone."""
         node, k = request.get("node_id"), int(request.get("k", 5))
         cache = request.get("cache_blocks")
         if node is not None and self.knows(node):
-            return self.propose(node, k, None if cache is None else int(cache))
+            return self.propose(node, k, None if cache is None else int(cache),
+                                request.get("net"))
         recent = request.get("recent_accesses") or []
         if not recent:
             return []

@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pakit_stream.exceptions import UsageError
 from pakit_stream.replay.latency import RttMatrix
 
 __all__ = ["broadcast", "Spread", "GossipReplay", "MODES", "SIZES", "LOSSES"]
@@ -64,7 +65,7 @@ def broadcast(n: int, fanout: float, ttl: int, loss: float, rng: np.random.Gener
     """One broadcast (see the module's text). ``rtt_ms`` is a host-by-host matrix (NaN =
     unreachable) and ``hosts`` maps node → host; without them, links only lose ``loss``."""
     if mode not in MODES:
-        raise ValueError(f"unknown gossip mode {mode!r}; one of {', '.join(MODES)}")
+        raise UsageError(f"unknown gossip mode {mode!r}; one of {', '.join(MODES)}")
     informed = np.zeros(n, dtype=bool)
     informed[0] = True
     arrival = np.full(n, np.inf)

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pakit_stream.exceptions import DataError, UsageError
+
 __all__ = ["RttMatrix", "PeerReplay", "FetchStep"]
 
 _SLICE = re.compile(r"^(?P<name>.+)_(?P<t>\d+)$")
@@ -49,10 +51,10 @@ class RttMatrix:
 
     def __init__(self, values: np.ndarray, unit: str = "ms") -> None:
         if unit not in ("s", "ms"):
-            raise ValueError("unit must be 's' or 'ms'")
+            raise UsageError("unit must be 's' or 'ms'")
         values = np.asarray(values, dtype=np.float64)
         if values.ndim != 3 or values.shape[1] != values.shape[2]:
-            raise ValueError(f"expected slices of square matrices, got shape {values.shape}")
+            raise DataError(f"expected slices of square matrices, got shape {values.shape}")
         ms = values * (1000.0 if unit == "s" else 1.0)
         ms[ms <= 0] = np.nan
         idx = np.arange(ms.shape[1])
@@ -90,14 +92,19 @@ class RttMatrix:
                     if m and member.isfile():
                         files[int(m["t"])] = tar.extractfile(member).read()
         else:
-            raise ValueError(f"{path}: neither a directory nor a tar archive of NAME_t matrices")
+            raise DataError(f"{path}: neither a directory nor a tar archive of NAME_t matrices")
         if not files:
-            raise ValueError(f"{path}: no matrix files named NAME_t (t = 1, 2, ...)")
+            raise DataError(f"{path}: no matrix files named NAME_t (t = 1, 2, ...)")
         order = sorted(files)[:max_slices]
-        mats = [np.loadtxt(io.BytesIO(files[t]), ndmin=2) for t in order]
+        mats = []
+        for t in order:
+            try:
+                mats.append(np.loadtxt(io.BytesIO(files[t]), ndmin=2))
+            except ValueError as exc:
+                raise DataError(f"{path}: slice {t} is not a matrix of numbers ({exc})") from None
         shapes = {m.shape for m in mats}
         if len(shapes) != 1:
-            raise ValueError(f"{path}: slices differ in shape: {sorted(shapes)}")
+            raise DataError(f"{path}: slices differ in shape: {sorted(shapes)}")
         return cls(np.stack(mats), unit)
 
 

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pakit_stream.exceptions import DataError, UsageError
+
 __all__ = ["TRACE_FORMATS", "read_trace", "read_requests", "access_events", "trace_block_hash",
            "ORACLE_GENERAL", "SECTOR_BYTES"]
 
@@ -74,21 +76,21 @@ def read_requests(path: Path | str, fmt: str, column: str = "lbn", limit: int | 
     (``int64`` arrays, in access order)."""
     path = Path(path)
     if fmt not in TRACE_FORMATS:
-        raise ValueError(f"unknown trace format {fmt!r}; one of {', '.join(TRACE_FORMATS)}")
+        raise UsageError(f"unknown trace format {fmt!r}; one of {', '.join(TRACE_FORMATS)}")
     spans = None
     with _open(path) as f:
         if fmt == "oracle-general":
             raw = f.read(-1 if limit is None else limit * ORACLE_GENERAL.itemsize)
             if len(raw) % ORACLE_GENERAL.itemsize:
-                raise ValueError(f"{path}: {len(raw)} bytes is not a whole number of "
-                                 f"{ORACLE_GENERAL.itemsize}-byte oracleGeneral records")
+                raise DataError(f"{path}: {len(raw)} bytes is not a whole number of "
+                                f"{ORACLE_GENERAL.itemsize}-byte oracleGeneral records")
             records = np.frombuffer(raw, dtype=ORACLE_GENERAL)
             ids = records["obj_id"]
             spans = np.maximum(1, records["obj_size"].astype(np.int64) // sector_bytes)
         elif fmt in ("u32le", "u32be"):
             raw = f.read(-1 if limit is None else limit * 4)
             if len(raw) % 4:
-                raise ValueError(f"{path}: {len(raw)} bytes is not a whole number of uint32s")
+                raise DataError(f"{path}: {len(raw)} bytes is not a whole number of uint32s")
             ids = np.frombuffer(raw, dtype="<u4" if fmt == "u32le" else ">u4")
         elif fmt == "lines":
             tokens = f.read().split()[: None if limit is None else limit]
@@ -96,11 +98,11 @@ def read_requests(path: Path | str, fmt: str, column: str = "lbn", limit: int | 
         else:
             reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
             if column not in (reader.fieldnames or ()):
-                raise ValueError(f"{path}: no column {column!r} (columns: {reader.fieldnames})")
+                raise DataError(f"{path}: no column {column!r} (columns: {reader.fieldnames})")
             tokens = [row[column].strip() for row in islice(reader, limit)]
             ids = _numbered(tokens)
     if ids.size == 0:
-        raise ValueError(f"{path}: no accesses in this trace")
+        raise DataError(f"{path}: no accesses in this trace")
     ids = ids.astype(np.int64)
     return ids, (np.ones_like(ids) if spans is None else spans.astype(np.int64))
 

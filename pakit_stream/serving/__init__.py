@@ -1,4 +1,15 @@
-"""Serving: hints to nodes, in process and over HTTP."""
-from pakit_stream.serving.hints import BadRequest, HintService
+"""Serving: hints to nodes, in process and over HTTP (:mod:`pakit_stream.serving.hints`), and
+the batch models as the daemon runs them (:mod:`~pakit_stream.serving.codec`,
+:mod:`~pakit_stream.serving.prefetch`)."""
 
 __all__ = ["BadRequest", "HintService"]
+
+
+def __getattr__(name: str):
+    # imported when asked for: the served models must load without the hint service (which
+    # needs the pipeline, which needs the model specs, which need the served models)
+    if name in __all__:
+        from pakit_stream.serving import hints
+
+        return getattr(hints, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

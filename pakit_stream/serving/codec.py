@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.exceptions import DataError, ModelLoadError
 from pakit_stream.learners.codec import CodecCostModel, forward_us, heuristic_codec
 from pakit_stream.modelfile import read_model_file
 
@@ -56,7 +56,7 @@ def judge_codec_net(net, train: Sequence[CodecSample], holdout: Sequence[CodecSa
     lam = cpu_bytes_per_us
     codecs = sorted({c for _, costs in train for c in costs})
     if not codecs or not holdout:
-        raise ValueError("need training and held-out blocks with codec results")
+        raise DataError("need training and held-out blocks with codec results")
 
     def cost(costs, codec):
         nbytes, us = costs.get(codec, max(costs.values(), key=lambda v: v[0] + lam * v[1]))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 from msgspec import Meta, Struct
@@ -31,7 +31,10 @@ from msgspec import Meta, Struct
 from pakit_stream.events.schema import BlockHash, ContextKey, Fraction, Identifier, Millis
 from pakit_stream.features import codec_features
 from pakit_stream.exceptions import InvalidEventError
-from pakit_stream.pipeline import Pipeline
+from pakit_stream.specs import CODEC_MODEL, PREFETCH_MODEL
+
+if TYPE_CHECKING:
+    from pakit_stream.pipeline import Pipeline
 
 __all__ = ["HintService", "BadRequest"]
 
@@ -73,7 +76,7 @@ class PrefetchHintRequest(Struct, forbid_unknown_fields=True):
 
     def __post_init__(self):
         if self.node_id is None and not self.recent_accesses:
-            raise ValueError("give node_id, recent_accesses, or both")
+            raise InvalidEventError("give node_id, recent_accesses, or both")
 
 
 def _decode(body: bytes, kind):
@@ -175,8 +178,8 @@ class HintService:
         if req.probe_ratio is not None and req.entropy is not None:
             features = codec_features(req.block_size, req.block_depth, req.entropy,
                                       req.parent_count, req.probe_ratio)
-        choice = codec.choose(req.block_size, req.node_id, req.probe_ratio, features)
-        net = self.pipeline.codec_model
+        net = self._arm(CODEC_MODEL, req.node_id) or self.pipeline.codec_model
+        choice = codec.choose(req.block_size, req.node_id, req.probe_ratio, features, net)
         answer = {"algorithm": choice.algorithm, "expert": choice.expert,
                   "probe_used": choice.probed,
                   "probe_recommended": codec.reads_probe(req.block_size),
@@ -197,10 +200,10 @@ class HintService:
         started = time.perf_counter()
         req = self._parse("prefetch", body, PrefetchHintRequest)
         prefetcher = self.pipeline.prefetcher
+        net = self._arm(PREFETCH_MODEL, req.node_id) or prefetcher.net
         picks = prefetcher.predict({"node_id": req.node_id, "k": req.k,
                                     "recent_accesses": req.recent_accesses,
-                                    "cache_blocks": req.cache_blocks})
-        net = prefetcher.net
+                                    "cache_blocks": req.cache_blocks, "net": net})
         answer = {"blocks": [p.block_hash for p in picks if p.block_hash],
                   "positions": [{"object_id": p.object_id, "chunk_index": p.chunk_index}
                                 for p in picks if not p.block_hash],
@@ -211,6 +214,16 @@ class HintService:
                   else None}
         self._done("prefetch", answer["source"], started)
         return answer
+
+    def _arm(self, name: str, node_id: str | None):
+        """The canary's model when ``node_id`` is in a running canary's share of ``name``,
+        else ``None`` (the serving version answers); both arms are counted."""
+        canary = self.pipeline.canaries.get(name)
+        if canary is None:
+            return None
+        arm = "canary" if canary.serves(node_id) else "serving"
+        self.pipeline.metrics.canary_hints.labels(model=name, arm=arm).inc()
+        return canary.model if arm == "canary" else None
 
     def health(self) -> dict:
         return {"status": "ok", **self.pipeline.stats()}

@@ -33,7 +33,7 @@ import msgspec
 from pakit_stream.events.decode import classify_error
 from pakit_stream.events.schema import (EVENT_TYPES, MAX_ENVELOPE_EVENTS, TOPIC_OF, Event,
                                         wire_type)
-from pakit_stream.exceptions import InvalidEventError, PrivacyViolation
+from pakit_stream.exceptions import InvalidEventError, PrivacyViolation, UsageError
 from pakit_stream.telemetry.publish import envelope, group_by_topic, make_producer
 
 __all__ = ["TelemetryCollector"]
@@ -95,7 +95,7 @@ class TelemetryCollector:
                  keep_sent: int = 100_000, producer_config: dict[str, Any] | None = None) -> None:
         self.db_path = Path(db_path)
         if not 0 < batch_size <= MAX_ENVELOPE_EVENTS:
-            raise ValueError(f"batch_size must be in 1..{MAX_ENVELOPE_EVENTS} (the daemon refuses "
+            raise UsageError(f"batch_size must be in 1..{MAX_ENVELOPE_EVENTS} (the daemon refuses "
                              f"larger envelopes), got {batch_size}")
         self.broker, self.batch_size = broker, batch_size
         self.flush_interval_s, self.keep_sent = flush_interval_s, keep_sent

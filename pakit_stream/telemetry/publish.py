@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 
 from pakit_stream.events.schema import TOPIC_OF
+from pakit_stream.exceptions import ConfigError, InvalidEventError
 
 __all__ = ["make_producer", "envelope", "publish_events", "encoded", "read_jsonl", "publish_jsonl",
            "group_by_topic"]
@@ -40,7 +41,7 @@ def publish_events(events: Iterable[tuple[str, bytes]], bootstrap: str | None,
     dead-letters the bad ones. ``client_config``: security arguments
     (:meth:`~pakit_stream.settings.Settings.kafka_config`). Returns the events published."""
     if not bootstrap:
-        raise SystemExit("replay needs --broker HOST:PORT (or PAKIT_STREAM_BROKER)")
+        raise ConfigError("replay needs --broker HOST:PORT (or PAKIT_STREAM_BROKER)")
     producer = make_producer(bootstrap, **client_config)
     pending: dict[str, list[bytes]] = defaultdict(list)
     sent = 0
@@ -55,7 +56,7 @@ def publish_events(events: Iterable[tuple[str, bytes]], bootstrap: str | None,
         for event_type, payload in events:
             topic = TOPIC_OF.get(event_type)
             if topic is None:
-                raise SystemExit(f"unknown event_type {event_type!r}")
+                raise InvalidEventError(f"unknown event_type {event_type!r}")
             pending[topic].append(payload)
             if len(pending[topic]) >= batch_size:
                 drain(topic)
@@ -85,9 +86,9 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, bytes]]:
             try:
                 event_type = str(json.loads(line).get("event_type", "")).lower()
             except (ValueError, AttributeError):
-                raise SystemExit(f"{path}:{lineno}: not a JSON object") from None
+                raise InvalidEventError(f"{path}:{lineno}: not a JSON object") from None
             if event_type not in TOPIC_OF:
-                raise SystemExit(f"{path}:{lineno}: unknown event_type {event_type!r}")
+                raise InvalidEventError(f"{path}:{lineno}: unknown event_type {event_type!r}")
             yield event_type, line
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from pakit_stream.exceptions import UsageError
+
 __all__ = ["TrainingConfig"]
 
 
@@ -41,8 +43,8 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0 or self.batch_size < 1 or self.num_epochs < 1:
-            raise ValueError("learning_rate, batch_size and num_epochs must be positive")
+            raise UsageError("learning_rate, batch_size and num_epochs must be positive")
         if self.gradient_accumulation_steps < 1 or self.early_stopping_patience < 1:
-            raise ValueError("gradient_accumulation_steps and early_stopping_patience must be >= 1")
+            raise UsageError("gradient_accumulation_steps and early_stopping_patience must be >= 1")
         if self.lr_schedule not in (None, "plateau", "cosine"):
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}")
+            raise UsageError(f"unknown lr_schedule {self.lr_schedule!r}")

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pakit_stream.exceptions import DataError, UsageError
+
 __all__ = ["TrainingDataset"]
 
 
@@ -74,7 +76,7 @@ class TrainingDataset:
         mapping of costs are stratified by their cheapest class."""
         total = train_ratio + val_ratio + test_ratio
         if total <= 0 or min(train_ratio, val_ratio, test_ratio) < 0:
-            raise ValueError("ratios must be non-negative and not all zero")
+            raise UsageError("ratios must be non-negative and not all zero")
         rng = random.Random(seed)
         groups: dict[Any, list[int]] = defaultdict(list)
         for i, (_, label) in enumerate(self.samples):
@@ -101,7 +103,7 @@ class TrainingDataset:
     def folds(self, k: int, seed: int = 0) -> list[tuple[TrainingDataset, TrainingDataset]]:
         """Stratified k-fold: ``k`` (train, held-out) pairs, each sample held out once."""
         if not 2 <= k <= len(self.samples):
-            raise ValueError(f"k_folds must be in [2, {len(self.samples)}]")
+            raise UsageError(f"k_folds must be in [2, {len(self.samples)}]")
         rng = random.Random(seed)
         groups: dict[Any, list[int]] = defaultdict(list)
         for i, (_, label) in enumerate(self.samples):
@@ -128,5 +130,5 @@ class TrainingDataset:
     def load(cls, path: str | Path) -> TrainingDataset:
         data = json.loads(Path(path).read_text())
         if data.get("format") != "pakit-stream/dataset/1":
-            raise ValueError(f"{path}: not a pakit-stream dataset")
+            raise DataError(f"{path}: not a pakit-stream dataset")
         return cls([(f, label) for f, label in data["samples"]])

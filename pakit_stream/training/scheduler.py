@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from pakit_stream.events.schema import BlockStored
+from pakit_stream.exceptions import DataError, UsageError
 from pakit_stream.features import FeatureExtractor
 from pakit_stream.pipeline import best_codec
 from pakit_stream.training.config import TrainingConfig
@@ -42,7 +43,7 @@ def train_compression(dataset_path: Path, checkpoint_path: Path, config: Trainin
             label = best_codec(event) or event.compression_algorithm
             ds.add_sample(fx.extract_features(event), label)
     if len(ds) < 10:
-        raise ValueError(f"{dataset_path}: {len(ds)} stored-block events, too few to train on")
+        raise DataError(f"{dataset_path}: {len(ds)} stored-block events, too few to train on")
     train, val, test = ds.time_split(0.7, 0.15)
     model = CompressionPredictor()
     metrics = ModelTrainer(config).train(model, train, val)
@@ -90,9 +91,9 @@ class TrainingScheduler:
                      checkpoint_path: str | Path, schedule: str = "daily",
                      priority: int = 1) -> dict[str, Any]:
         if model_name not in TRAINERS:
-            raise ValueError(f"unknown model {model_name!r}; one of {sorted(TRAINERS)}")
+            raise UsageError(f"unknown model {model_name!r}; one of {sorted(TRAINERS)}")
         if schedule not in PERIODS:
-            raise ValueError(f"schedule must be one of {sorted(PERIODS)}")
+            raise UsageError(f"schedule must be one of {sorted(PERIODS)}")
         job = {"model_name": model_name, "dataset_path": Path(dataset_path),
                "checkpoint_path": Path(checkpoint_path), "schedule": schedule,
                "priority": priority, "next_run": self.clock(), "runs": 0}

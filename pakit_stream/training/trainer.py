@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pakit_stream.exceptions import DataError
 from pakit_stream.training.config import TrainingConfig
 
 __all__ = ["ModelTrainer"]
@@ -63,7 +64,7 @@ class ModelTrainer:
         x, y = model.encode(train_data)
         xv, yv = model.encode(val_data)
         if len(y) == 0:
-            raise ValueError("no usable training samples")
+            raise DataError("no usable training samples")
         if len(yv) == 0:  # nothing held out: validate on training data, and say so
             log.warning("empty validation set: early stopping watches the training loss")
             xv, yv = x, y

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from pakit_stream.exceptions import UsageError
 from pakit_stream.training.config import TrainingConfig
 
 __all__ = ["HyperparameterTuner"]
@@ -27,7 +28,7 @@ def _suggest(trial, name: str, spec) -> Any:
         return trial.suggest_int(name, spec[1], spec[2], log=bool(spec[3]) if len(spec) > 3 else False)
     if kind == "categorical":
         return trial.suggest_categorical(name, list(spec[1]))
-    raise ValueError(f"{name}: unknown search space kind {kind!r}")
+    raise UsageError(f"{name}: unknown search space kind {kind!r}")
 
 
 class HyperparameterTuner:
@@ -48,7 +49,7 @@ class HyperparameterTuner:
         fields = {f.name for f in dataclasses.fields(TrainingConfig)}
         unknown = set(search_space) - fields
         if unknown:
-            raise ValueError(f"not TrainingConfig fields: {sorted(unknown)}")
+            raise UsageError(f"not TrainingConfig fields: {sorted(unknown)}")
 
         def objective(trial) -> float:
             from pakit_stream.training.trainer import ModelTrainer

@@ -21,14 +21,15 @@ log = logging.getLogger(__name__)
 
 
 def build(settings: Settings, bootstrap: str):
-    """Pipeline restored from its checkpoint, and the Faust app around it."""
-    from pakit_stream.app import create_app
+    """The :class:`~pakit_stream.daemon.core.Daemon`: its pipeline restored from the
+    checkpoint, the Faust app around it."""
+    from pakit_stream.daemon.core import Daemon
 
     key = persist.resolve_key(None, settings.data_dir / "state.key")
     pipeline = Pipeline(settings, Metrics())
     checkpoints = CheckpointStore(settings.data_dir, key)
     checkpoints.restore(pipeline)
-    return create_app(settings, bootstrap, pipeline, checkpoints)
+    return Daemon(settings, bootstrap, pipeline, checkpoints)
 
 
 def run_daemon(settings: Settings, loglevel: str = "info") -> None:
@@ -58,18 +59,17 @@ def run_daemon(settings: Settings, loglevel: str = "info") -> None:
             bootstrap = broker.bootstrap
             print(f"embedded broker listening on {bootstrap}", flush=True)
         create_topics(bootstrap, settings.topic_partitions, **settings.kafka_config())
-        app = build(settings, bootstrap)
+        daemon = build(settings, bootstrap)
         print(f"pakit-stream serving on http://{settings.web_host}:{settings.web_port}", flush=True)
-        worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        worker = faust.Worker(daemon.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
         try:
             worker.execute_from_commandline()
-        except SystemExit:
+        except SystemExit:  # how Faust's worker says it stopped (SIGINT, SIGTERM)
             pass
         finally:
-            pipeline = app.pakit["pipeline"]
-            if pipeline.interrupted:  # a message was cut off between two of its slices
+            size = daemon.final_checkpoint()
+            if size is None:  # a message was cut off between two of its slices
                 log.warning("no final checkpoint: a message was stopped half applied; the last "
                             "periodic checkpoint stands and its messages are replayed")
             else:
-                size = app.pakit["checkpoints"].write_now(pipeline)
                 log.info("final checkpoint written (%d bytes)", size)

@@ -1,0 +1,149 @@
+"""The HTTP API: hints, health, metrics and the admin endpoints.
+
+A hint about a node another worker owns (its partition of the topic that carries its reads or
+fetches is assigned elsewhere) is forwarded to that worker, whose learners saw the node's
+events (:mod:`pakit_stream.routing`); the owner's answer comes back as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+from faust.web import Request, Response, View
+from prometheus_client import generate_latest
+
+from pakit_stream.exceptions import PakitStreamError
+from pakit_stream.routing import FORWARDED, HINT_TOPICS, owner_of
+from pakit_stream.serving.hints import BadRequest
+from pakit_stream.specs import SPECS
+
+if TYPE_CHECKING:
+    from pakit_stream.daemon.core import Daemon
+
+__all__ = ["install"]
+
+log = logging.getLogger(__name__)
+
+
+class _NodeOnly(msgspec.Struct):
+    node_id: str | None = None
+
+
+def install(daemon: Daemon) -> None:
+    app, hints, retrainer, settings = daemon.app, daemon.hints, daemon.retrainer, daemon.settings
+    registry = daemon.metrics.registry
+    admin_token = settings.admin_token
+    own_url = str(app.conf.canonical_url).rstrip("/")  # as the assignment spells it
+    routed = hints.pipeline.metrics.hints_routed
+    session = []  # one aiohttp session, made on first use (inside the running loop)
+
+    async def forwarded(view: View, kind: str, request: Request, body: bytes
+                        ) -> Response | None:
+        """The owner's answer to a hint about a node this worker does not own; ``None``: answer
+        here (this worker owns the node, the request was forwarded already, there is no
+        ``node_id``, or the owner did not answer in time)."""
+        topic = HINT_TOPICS.get(kind)
+        if topic is None or request.headers.get(FORWARDED):
+            return None
+        try:
+            node = msgspec.json.decode(body, type=_NodeOnly).node_id
+        except msgspec.MsgspecError:
+            return None  # the local answer explains what is wrong with the request
+        owner = None if node is None else owner_of(
+            node, app.router.external_topics_metadata(), topic)
+        if owner is None or owner.rstrip("/") == own_url:
+            return None
+        import aiohttp
+
+        if not session:
+            session.append(aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=settings.route_timeout_s)))
+        try:
+            async with session[0].post(f"{owner.rstrip('/')}/v1/hints/{kind}", data=body,
+                                       headers={FORWARDED: own_url,
+                                                "Content-Type": "application/json"}) as r:
+                text = await r.read()
+                status = r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("the owner %s of node %s did not answer a %s hint (%r); answering "
+                        "here", owner, node, kind, exc)
+            routed.labels(outcome="owner_failed").inc()
+            return None
+        routed.labels(outcome="forwarded").inc()
+        return view.bytes(text, status=status, content_type="application/json",
+                          headers={"X-Pakit-Answered-By": owner})
+
+    def refused(view: View, request: Request, name: str) -> Response | None:
+        """The error response for an unauthorised request or an unknown model, else None."""
+        given = request.headers.get("Authorization", "")
+        if not (admin_token and hmac.compare_digest(given, f"Bearer {admin_token}")):
+            return view.json({"error": "admin endpoints need the bearer token of "
+                                       "PAKIT_STREAM_ADMIN_TOKEN"}, status=403)
+        if name not in SPECS:
+            return view.json({"error": f"unknown model {name}"}, status=404)
+        return None
+
+    def answer(view: View, call, *args) -> Response:
+        try:
+            return view.json(call(*args))
+        except BadRequest as exc:
+            return view.json({"error": exc.reason}, status=400)
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(hints.health())
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway
+            return self.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
+
+    def posted_hint(kind: str, call):
+        class Hint(View):
+            async def post(self, request: Request) -> Response:
+                body = await request.read()
+                owners = await forwarded(self, kind, request, body)
+                return answer(self, call, body) if owners is None else owners
+        return Hint
+
+    for kind in ("peer", "network", "compression", "prefetch"):  # POST {JSON body}
+        app.page(f"/v1/hints/{kind}", name=f"hint_{kind}")(posted_hint(kind,
+                                                                        getattr(hints, kind)))
+
+    @app.page("/v1/admin/models/{name}/gate/{version}")
+    class AdminGate(View):
+        async def post(self, request: Request, name: str, version: str) -> Response:
+            if (error := refused(self, request, name)) is not None:
+                return error
+            try:
+                gain = request.query.get("min_gain")
+                return self.json(await retrainer.gate_candidate(
+                    name, version, None if gain is None else float(gain)))
+            except (ValueError, PakitStreamError) as exc:
+                return self.json({"error": str(exc)}, status=409)
+
+    @app.page("/v1/admin/models/{name}/{action}")
+    class Admin(View):
+        async def post(self, request: Request, name: str, action: str) -> Response:
+            if (error := refused(self, request, name)) is not None:
+                return error
+            if action not in ("rollback", "retrain"):
+                return self.json({"error": f"unknown action {action}"}, status=404)
+            if action == "retrain":
+                return self.json(await retrainer.retrain("admin", name))
+            try:
+                return self.json({"name": name, "serving": retrainer.rollback(name)})
+            except (ValueError, PakitStreamError) as exc:
+                return self.json({"error": str(exc)}, status=409)
+
+    @app.page("/v1/hints/similar/{block_hash}")
+    class SimilarHint(View):
+        async def get(self, request: Request, block_hash: str) -> Response:
+            return answer(self, hints.similar, block_hash, request.query.get("top_k", "5"),
+                          request.query.get("min_jaccard"))
