@@ -79,8 +79,11 @@ def in_process(msgs, reqs, calls: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float) -> dict[str, dict]:
+def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float,
+              load_nice: int = 0) -> dict[str, dict]:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
+        if load_nice:  # the broker stands for a Kafka cluster on other machines
+            os.setpriority(os.PRIO_PROCESS, broker.process.pid, load_nice)
         create_topics(broker.bootstrap, 2)
         producer = make_producer(broker.bootstrap)
         counts: dict[str, int] = {}
@@ -97,7 +100,8 @@ def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float) -> dict
                             for kind, (path, body) in reqs.items()}}
             lag, out["loop_lag_idle"] = loop_lag(daemon), lag_share(lag, loop_lag(daemon))
             stop = multiprocessing.Event()
-            feeder = multiprocessing.Process(target=feed, args=(broker.bootstrap, msgs, load_rate, stop))
+            feeder = multiprocessing.Process(target=feed, args=(broker.bootstrap, msgs, load_rate,
+                                                                stop, load_nice))
             feeder.start()  # its own process: the client's timing must not share a GIL with it
             try:
                 out["loaded"] = {kind: ask(daemon, path, body, rate, seconds)
@@ -108,6 +112,10 @@ def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float) -> dict
             out["loop_lag_loaded"] = lag_share(lag, loop_lag(daemon))
             out["loaded_applied_events"] = sum(daemon.get("/health")["applied"].values())
             metrics = daemon.get("/metrics")
+            out["gc_pause_seconds"] = {  # collections hold the loop as long as they run
+                line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+                if line.startswith("pakit_stream_gc_pause_seconds_") and "le=" not in line
+                and "_created" not in line}
             for name in ("checkpoint_seconds", "checkpoint_hold_seconds"):
                 out[name] = {  # the loop is held only for the hold; the rest is the child's
                     line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
@@ -138,8 +146,11 @@ def lag_share(before: dict[float, float], after: dict[float, float]) -> dict[str
                                  for b in (1e-3, 5e-3, 2.5e-2)}} if total else {"samples": 0}
 
 
-def feed(bootstrap: str, msgs, events_per_s: float, stop) -> None:
-    """Produce the warm-up envelopes again, round and round, at ``events_per_s``."""
+def feed(bootstrap: str, msgs, events_per_s: float, stop, nice: int = 0) -> None:
+    """Produce the warm-up envelopes again, round and round, at ``events_per_s`` (at
+    ``nice``: the feeder stands for nodes on other machines)."""
+    if nice:
+        os.nice(nice)
     producer = make_producer(bootstrap)
     start, sent, i = time.perf_counter(), 0, 0
     while not stop.is_set():
@@ -189,13 +200,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="HTTP seconds per hint kind")
     ap.add_argument("--load-rate", type=float, default=10_000.0,
                     help="events/s the daemon ingests during the loaded phase")
+    ap.add_argument("--load-nice", type=int, default=0,
+                    help="run the broker and the event feeder at this nice value: on a "
+                         "machine of its own, the daemon would not share its cores with them")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "hints.json")
     args = ap.parse_args()
     events = make_events(args.events)
     msgs = envelopes(events, 500)
     reqs = requests(events)
     local = in_process(msgs, reqs, args.calls)
-    http_ = over_http(msgs, reqs, args.rate, args.seconds, args.load_rate)
+    http_ = over_http(msgs, reqs, args.rate, args.seconds, args.load_rate, args.load_nice)
     idle, loaded = http_["idle"], http_["loaded"]
     print(f"{'hint':12} {'in-process p50/p99 µs':>22} {'HTTP idle p50/p99 µs':>22} "
           f"{'HTTP loaded p50/p99 µs':>24} {'idle/in-process p50':>20}")
@@ -206,12 +220,13 @@ def main() -> None:
               f"{b['p50_us'] / a['p50_us']:>8.1f}x  errors {b['errors'] + c['errors']}")
     print(f"daemon checkpoints: {http_['checkpoint_seconds']}")
     print(f"event loop held by checkpoints: {http_['checkpoint_hold_seconds']}")
+    print(f"garbage collections: {http_['gc_pause_seconds']}")
     print(f"event loop lag (a 10 ms timer's delay), idle: {http_['loop_lag_idle']}; "
           f"loaded: {http_['loop_lag_loaded']}")
     result = {"benchmark": "hints", "machine": {"cpus": os.cpu_count(),
                                                 "python": platform.python_version()},
               "warm_events": args.events, "rate_per_s": args.rate, "seconds_per_kind": args.seconds,
-              "load_events_per_s": args.load_rate, "in_process": local, "http": http_,
+              "load_events_per_s": args.load_rate, "load_nice": args.load_nice, "in_process": local, "http": http_,
               "ratios": {k: idle[k]["p50_us"] / local[k]["p50_us"] for k in reqs}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -61,15 +61,12 @@ class CheckpointStore:
     def restore(self, pipeline: Pipeline) -> bool:
         try:
             snap = self.load()
+            if snap is None:
+                return False
+            pipeline.restore(snap)  # another version's snapshot is refused before any change
         except ModelLoadError:
             log.exception("checkpoint %s refused; starting from empty state", self.path)
-            return False
-        if snap is None:
-            return False
-        try:
-            pipeline.restore(snap)
-        except ModelLoadError:  # another version's snapshot: refused before anything changed
-            log.exception("checkpoint %s refused; starting from empty state", self.path)
+            pipeline.metrics.checkpoints.labels(outcome="refused").inc()
             return False
         log.info("restored checkpoint from %s: offsets %s", self.path, snap["offsets"])
         return True

@@ -75,13 +75,19 @@ class Metrics:
                                       namespace=ns, registry=r)
         self.cache_hit = Gauge("node_cache_hit_ratio", "Cache hit ratio reported by nodes.",
                                namespace=ns, registry=r)
-        self.checkpoints = Counter("checkpoints", "Checkpoint attempts, by outcome.", ["outcome"],
+        self.checkpoints = Counter("checkpoints", "Checkpoint attempts, by outcome (ok, unchanged, "
+                                   "skipped, failed; refused: one not restored at start).",
+                                   ["outcome"],
                                    namespace=ns, registry=r)
         self.checkpoint_seconds = Histogram("checkpoint_seconds", "Time to write a checkpoint.",
                                             namespace=ns, registry=r)
         self.loop_lag = Histogram(
             "event_loop_lag_seconds", "How late the event loop ran a timer that was due (every "
             "10 ms): the wait every hint has on top of its own work.", namespace=ns, registry=r,
+            buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0))
+        self.gc_pause = Histogram(
+            "gc_pause_seconds", "Time each collection of Python's cyclic garbage collector held "
+            "the process, by generation.", ["generation"], namespace=ns, registry=r,
             buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0))
         self.hints_routed = Counter(
             "hints_routed_total", "Hints about a node another worker owns: forwarded to it and "
@@ -145,3 +151,19 @@ class Metrics:
         self.canary_quality.labels(model=name, arm="serving").set(canary.serving_quality.get())
         self.canary_quality.labels(model=name, arm="canary").set(canary.canary_quality.get())
         self.canary_samples.labels(model=name).set(canary.samples)
+
+    def watch_gc(self) -> None:
+        """Time every garbage collection into :attr:`gc_pause` (a long one holds the event
+        loop, and every hint waiting on it)."""
+        import gc
+
+        started = [0.0]
+        by_generation = [self.gc_pause.labels(generation=str(g)) for g in range(3)]
+
+        def timed(phase: str, info: dict) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                by_generation[info["generation"]].observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(timed)

@@ -134,6 +134,8 @@ class ModelRegistry:
             raise ModelLoadError(f"{name} {version}: unknown role {role!r}; refused")
         if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
             raise ModelLoadError(f"{name} {version}: file does not match its SHA-256; refused")
+        if meta.get("status") == "rejected":
+            raise ModelLoadError(f"{name} {version} was rejected by its gate; refused")
         folder = self.root / name / version
         if not (folder / _MODEL_FILE).exists():
             folder.mkdir(parents=True, exist_ok=True)
@@ -161,9 +163,16 @@ class ModelRegistry:
                                  "tampered); refused")
         return path
 
-    def promote(self, name: str, version: str) -> None:
-        """Make ``version`` the serving one (after checking its file is intact)."""
+    def _servable(self, name: str, version: str) -> None:
+        """Refuse a version whose file is not intact, or that a gate rejected."""
         self.verified_file(name, version)
+        if self.metadata(name, version).get("status") == "rejected":
+            raise ModelLoadError(f"{name} {version} was rejected by its gate; it never serves")
+
+    def promote(self, name: str, version: str) -> None:
+        """Make ``version`` the serving one (after checking its file is intact and that no
+        gate rejected it)."""
+        self._servable(name, version)
         pointer = self._pointer(name)
         if pointer["canary"] is not None:  # promoted, or replaced by another version
             if pointer["canary"] != version:
@@ -181,7 +190,7 @@ class ModelRegistry:
     def start_canary(self, name: str, version: str) -> None:
         """Make ``version`` the canary: it serves a share of the nodes until it is promoted
         (:meth:`promote`) or rolled back (:meth:`end_canary`)."""
-        self.verified_file(name, version)
+        self._servable(name, version)
         pointer = self._pointer(name)
         if pointer["canary"] == version or pointer["version"] == version:
             return
@@ -201,6 +210,23 @@ class ModelRegistry:
         write_atomic(self.root / name / "SERVING.json", json.dumps(pointer).encode())
         self._set_status(name, version, "rolled_back", reason=reason, **extra)
         return version
+
+    def prune(self, name: str, keep: int) -> list[str]:
+        """Delete the versions of ``name`` other than the serving one, the canary, the
+        rollback target and the ``keep`` newest; returns those deleted."""
+        import shutil
+
+        pointer = self._pointer(name)
+        kept = {pointer["version"], pointer["canary"], *pointer["history"][-1:]}
+        versions = [m["version"] for m in self.versions(name)]  # oldest first
+        kept.update(versions[-keep:] if keep > 0 else ())
+        gone = [v for v in versions if v not in kept]
+        for version in gone:
+            shutil.rmtree(self.root / name / version, ignore_errors=True)
+        pointer["history"] = [v for v in pointer["history"] if v not in gone]
+        if gone and (self.root / name / "SERVING.json").exists():
+            write_atomic(self.root / name / "SERVING.json", json.dumps(pointer).encode())
+        return gone
 
     def reject(self, name: str, version: str, reason: str, **extra) -> None:
         self._set_status(name, version, "rejected", reason=reason, **extra)

@@ -14,6 +14,7 @@ new one, never a mix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -211,6 +212,10 @@ class Retrainer:
             proc.kill()
             await proc.wait()
             return self._failed(name, started, f"timed out after {s.retrain_timeout_s}s")
+        except BaseException:  # cancelled (the daemon stops): the run must not outlive it
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
         finally:
             Path(f.name).unlink(missing_ok=True)
         if proc.returncode != 0:
@@ -227,6 +232,9 @@ class Retrainer:
         outcome = "accepted" if result["accepted"] else "rejected"
         m.retrains.labels(model=name, outcome=outcome).inc()
         m.retrain_seconds.labels(model=name).observe(time.perf_counter() - started)
+        gone = self.registry.prune(name, self.settings.model_keep)
+        if gone:
+            log.info("deleted %d old %s versions (PAKIT_STREAM_MODEL_KEEP)", len(gone), name)
         if result["accepted"]:
             loop = asyncio.get_running_loop()
             model = await loop.run_in_executor(None, self._prepare, name, result["candidate"])

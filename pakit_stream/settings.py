@@ -159,6 +159,9 @@ class Settings:
     retrain_min_gain: float = _setting(
         0.0, "Held-out accuracy a candidate must gain over the serving model to replace it.")
     retrain_timeout_s: float = _setting(600.0, "A retrain running longer is killed.")
+    model_keep: int = _setting(
+        5, "Model versions kept per model besides the serving one, its rollback target and a "
+        "running canary; older ones are deleted after each retrain.")
     canary_share: float = _setting(
         0.1, "Share of the nodes (by a hash of node_id) a newly accepted batch model serves "
         "first, as a canary, while its online quality is compared with the serving version's "
@@ -247,6 +250,8 @@ class Settings:
         for name in ("codec_probe_us", "codec_entropy_us", "codec_lookup_us"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.model_keep < 0:
+            raise ConfigError("model_keep must not be negative")
         if not 0 <= self.canary_share < 1:
             raise ConfigError("canary_share must be in [0, 1)")
         if not 1 <= self.canary_min_samples <= self.canary_max_samples:

@@ -212,6 +212,24 @@ def test_kill_9_mid_stream_then_restart_loses_and_repeats_nothing(tmp_path, prod
     assert metric(second, "pakit_stream_messages_total", topic="pakit.fingerprints") < n_batches
 
 
+def test_a_partition_the_checkpoint_never_saw_is_read_from_its_start(tmp_path, producer,
+                                                                     daemon_factory):
+    """Faust commits the offsets it acknowledged when a worker stops, whatever the commit
+    settings say. A worker of the same group whose state has no offset for a partition (its
+    checkpoint was lost, or it is new) must read that partition from its start, not from the
+    committed offset: what was committed was learned by a state that is gone."""
+    first = daemon_factory(tmp_path / "a")
+    total = 300
+    for b in range(6):
+        send(producer, "pakit.access", ev.pack([ev.accessed(b * 50 + i) for i in range(50)]),
+             key=f"node-{b % 4}".encode())
+    first.wait_applied({"pakit.access": total})
+    assert first.stop() == 0  # a clean stop: Faust commits what it acknowledged
+    second = daemon_factory(tmp_path / "b")  # same group, no checkpoint
+    health = second.wait_applied({"pakit.access": total})
+    assert health["applied"]["pakit.access"] == total
+
+
 def test_replay_publishes_a_jsonl_file_that_the_daemon_learns_from(broker, tmp_path,
                                                                    daemon_factory):
     lines = [ev.accessed(i) for i in range(25)] + [ev.gossip(i) for i in range(7)]

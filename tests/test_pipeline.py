@@ -122,6 +122,20 @@ def test_corrupt_checkpoint_is_refused_and_state_starts_empty(tmp_path):
         store.load()
     fresh = Pipeline(Settings())
     assert store.restore(fresh) is False and fresh.offsets == {}
+    assert sample(fresh, "pakit_stream_checkpoints_total", outcome="refused") == 1
+
+
+def test_a_snapshot_of_another_version_is_refused_and_state_starts_empty(tmp_path):
+    from pakit_stream import persist
+
+    p = fed_pipeline()
+    snap = {**p.snapshot(), "version": 999}  # written by a future (or past) pakit-stream
+    store = CheckpointStore(tmp_path, b"k" * 32)
+    persist.write_atomic(store.path, persist.dumps(snap, store.key))
+    fresh = Pipeline(Settings())
+    assert store.restore(fresh) is False  # no exception: the daemon starts, empty
+    assert fresh.offsets == {} and len(fresh.dedup) == 0
+    assert sample(fresh, "pakit_stream_checkpoints_total", outcome="refused") == 1
 
 
 def test_checkpoint_size_is_bounded_by_capacities(tmp_path):

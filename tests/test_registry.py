@@ -89,7 +89,7 @@ def test_rollback_restores_the_previous_version(store):
     assert store.rollback("compression_predictor") == va
     assert store.serving("compression_predictor") == va
     assert store.metadata("compression_predictor", vb)["status"] == "rolled_back"
-    with pytest.raises(ValueError, match="no earlier version"):
+    with pytest.raises(ValueError, match="no earlier version"):  # a UsageError
         store.rollback("compression_predictor")
 
 
@@ -140,3 +140,35 @@ def test_cli_lists_versions_and_rolls_back(store):
     bad = subprocess.run(cli + ["rollback", "compression_predictor", "--data-dir",
                                 str(store.root)], capture_output=True, text=True)
     assert bad.returncode == 2 and "no earlier version" in bad.stderr
+
+
+def test_a_version_its_gate_rejected_never_serves(tmp_path):
+    from .test_canary import EntropyRule
+
+    store = ModelRegistry(tmp_path / "a")
+    va = store.register("compression_predictor", EntropyRule(), {})
+    store.promote("compression_predictor", va)
+    vb = store.register("compression_predictor", EntropyRule(inverted=True), {})
+    store.reject("compression_predictor", vb, "worse on held-out blocks")
+    for serve in (store.promote, store.start_canary):
+        with pytest.raises(ModelLoadError, match="rejected"):
+            serve("compression_predictor", vb)
+    record = store.export("compression_predictor", vb)  # e.g. replayed onto the models topic
+    with pytest.raises(ModelLoadError, match="rejected"):
+        ModelRegistry(tmp_path / "b").adopt(record)
+    assert store.serving("compression_predictor") == va
+
+
+def test_the_store_keeps_what_serves_its_rollback_target_and_the_newest(tmp_path):
+    from .test_canary import EntropyRule
+
+    store = ModelRegistry(tmp_path)
+    versions = [store.register("compression_predictor", EntropyRule(), {}) for _ in range(8)]
+    for v in versions[:4]:
+        store.promote("compression_predictor", v)
+    store.start_canary("compression_predictor", versions[5])
+    gone = store.prune("compression_predictor", keep=2)
+    assert gone == [versions[i] for i in (0, 1, 4)]
+    left = {m["version"] for m in store.versions("compression_predictor")}
+    assert left == {versions[i] for i in (2, 3, 5, 6, 7)}  # rollback, serving, canary, newest
+    assert store.rollback("compression_predictor") == versions[2]

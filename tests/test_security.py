@@ -64,9 +64,30 @@ def test_a_running_daemon_never_logs_its_secrets(broker, tmp_path):
     try:
         assert daemon.get("/health")["status"] == "ok"
         assert daemon.post("/v1/hints/network", {"avg_latency_ms": 5, "message_loss_rate": 0})
+        # a wrong token is refused, whatever its bytes (a non-ASCII one once answered 500)
+        for token in (b"Bearer nope", "Bearer é".encode(), b"Bearer \xff\xfe", b""):
+            assert admin_status(daemon, token) == 403
     finally:
         daemon.stop()
     log = daemon.log_path.read_text(errors="replace")
     assert "serving on" in log and len(log.splitlines()) > 20  # debug logging really ran
     for secret in SECRETS.values():
         assert secret not in log
+
+
+def admin_status(daemon, authorization: bytes) -> int:
+    """The status of an admin request with these raw ``Authorization`` bytes."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.web_port, timeout=10)
+    try:
+        conn.putrequest("POST", "/v1/admin/models/compression_predictor/rollback")
+        if authorization:
+            conn.putheader("Authorization", authorization)
+        conn.putheader("Content-Length", "0")
+        conn.endheaders()
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()

@@ -38,6 +38,7 @@ class Daemon:
         self.settings, self.bootstrap = settings, bootstrap
         self.pipeline, self.checkpoints = pipeline, checkpoints
         self.metrics = pipeline.metrics
+        self.metrics.watch_gc()
         self.hints = HintService(pipeline)
         self.retrainer = Retrainer(settings, pipeline)
         self.retrainer.load_all()

@@ -53,12 +53,45 @@ async def resume_assigned(daemon: Daemon, assigned) -> None:
                                          "gone or different")
         else:
             await daemon.app.consumer.seek(tp, offset)
-    log.info("assigned %d partitions; resumed %d from checkpoint offsets",
-             len(assigned), len(saved))
+    for tp in keys.keys() - saved.keys():  # nothing of it is in the state: from its start
+        await daemon.app.consumer.seek(tp, 0)
+    log.info("assigned %d partitions; resumed %d from checkpoint offsets, the others from "
+             "their start", len(assigned), len(saved))
+
+
+async def seek_to_state(daemon: Daemon) -> None:
+    """Put every assigned telemetry partition where the state left it: after the last
+    message it applied, or at its start if it applied none."""
+    consumer = daemon.app.consumer
+    for tp in consumer.assignment():
+        if tp.topic in TOPICS:
+            await consumer.seek(tp, daemon.pipeline.offsets.get(f"{tp.topic}/{tp.partition}", 0))
+
+
+def _offsets_from_the_state(daemon: Daemon) -> None:
+    """Faust commits the offsets it acknowledged on stop and rebalance, whatever the commit
+    settings, and after every assignment seeks each partition to its committed offset, after
+    our own seek. A worker whose state lacks a partition (a lost checkpoint, a new worker)
+    would then skip what that state never learned, and an old commit would move a partition
+    away from its checkpoint. So this worker never commits, and Faust's seek is followed by
+    one to the state's offsets."""
+    consumer = daemon.app.consumer
+    faust_seek = consumer.perform_seek
+
+    async def perform_seek() -> None:
+        await faust_seek()  # Faust's own bookkeeping of what was committed
+        await seek_to_state(daemon)
+
+    async def commit(*args, **kwargs) -> bool:
+        return False  # offsets live in the checkpoints, with the state they produced
+
+    consumer.perform_seek = perform_seek
+    consumer.commit = commit
 
 
 def install(daemon: Daemon) -> None:
     app = daemon.app
+    _offsets_from_the_state(daemon)
 
     @app.on_partitions_assigned.connect
     async def resume_from_checkpoint(sender, assigned, **kwargs) -> None:

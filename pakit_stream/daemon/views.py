@@ -79,8 +79,9 @@ def install(daemon: Daemon) -> None:
 
     def refused(view: View, request: Request, name: str) -> Response | None:
         """The error response for an unauthorised request or an unknown model, else None."""
-        given = request.headers.get("Authorization", "")
-        if not (admin_token and hmac.compare_digest(given, f"Bearer {admin_token}")):
+        # as bytes: compare_digest refuses str with non-ASCII characters (a 500, not a 403)
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not (admin_token and hmac.compare_digest(given, f"Bearer {admin_token}".encode())):
             return view.json({"error": "admin endpoints need the bearer token of "
                                        "PAKIT_STREAM_ADMIN_TOKEN"}, status=403)
         if name not in SPECS:
