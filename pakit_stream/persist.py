@@ -7,7 +7,9 @@ corrupted, tampered with, or signed under another key) is refused with :class:`M
 target, so a reader sees the old file or the new one, never half of one.
 
 The key comes from ``PAKIT_STREAM_STATE_KEY`` (via :class:`~pakit_stream.settings.Settings`) or
-from a key file created on first use with mode 0600.
+from ``PAKIT_STREAM_STATE_KEY_FILE``, created on first use with mode 0600 and fsynced. A key
+shorter than :data:`MIN_KEY_BYTES` is refused, and so is a key file that holds one (a crash
+between its creation and its write leaves an empty file, which must never sign anything).
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -32,31 +34,59 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.exceptions import ConfigError, ModelLoadError
 
-__all__ = ["dump", "dumps", "load", "write_atomic", "resolve_key"]
+__all__ = ["dump", "dumps", "load", "write_atomic", "resolve_key", "MIN_KEY_BYTES"]
 
 _MAGIC = b"PAKITSTREAM1\n"
 _SIG = hashlib.sha256().digest_size
 DEFAULT_KEY_FILE = Path("~/.pakit-stream/state.key")
+MIN_KEY_BYTES = 32
 
 
 def resolve_key(key: bytes | str | None = None, key_file: Path | None = None) -> bytes:
-    """The signing key: ``key`` if given, else the key file's content (created if missing)."""
+    """The signing key: ``key`` if given, else the key file's (created if missing). A key of
+    fewer than :data:`MIN_KEY_BYTES` bytes raises :class:`ConfigError`."""
     if key:
-        return key.encode() if isinstance(key, str) else key
+        key = key.encode() if isinstance(key, str) else key
+        if len(key) < MIN_KEY_BYTES:
+            raise ConfigError(f"the state key must be at least {MIN_KEY_BYTES} bytes")
+        return key
     path = (key_file or DEFAULT_KEY_FILE).expanduser()
+    if not path.exists():
+        _create_key(path)
     try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(fresh.hex())
-        return fresh
-    except FileExistsError:  # another process created it between our read and write
-        return bytes.fromhex(path.read_text().strip())
+        found = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        raise ConfigError(f"{path}: not a hex key") from None
+    if len(found) < MIN_KEY_BYTES:
+        raise ConfigError(f"{path}: a key of {len(found)} bytes (at least {MIN_KEY_BYTES}); "
+                          "an empty file is what a crash while creating it leaves: delete it "
+                          "to start with a new key (and empty state)")
+    return found
+
+
+def _create_key(path: Path) -> None:
+    """A new random key at ``path``, whole or not at all: written and fsynced under another
+    name, then linked into place (a concurrent creator's key wins), and the folder fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:  # mkstemp makes it 0600
+            f.write(secrets.token_bytes(MIN_KEY_BYTES).hex())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def dumps(obj, key: bytes) -> bytes:

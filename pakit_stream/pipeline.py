@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import random
 import time
 import zlib
@@ -78,13 +79,17 @@ class _Message:
 
 
 class _Mean:
-    __slots__ = ("total", "n")
+    """A running mean of values clipped to ``[lower, upper]``: one value moves it by at most
+    ``(upper - lower) / n``, the sensitivity its private release assumes."""
 
-    def __init__(self) -> None:
+    __slots__ = ("total", "n", "lower", "upper")
+
+    def __init__(self, lower: float = -math.inf, upper: float = math.inf) -> None:
         self.total, self.n = 0.0, 0
+        self.lower, self.upper = lower, upper
 
     def add(self, value: float) -> None:
-        self.total += value
+        self.total += min(max(value, self.lower), self.upper)
         self.n += 1
 
     @property
@@ -158,7 +163,7 @@ class Pipeline:
         self.interrupted = False
         self._open, self._idle = asyncio.Event(), asyncio.Event()
         self._open.set()
-        self.quality = {name: _Mean() for name in _QUALITY_BOUNDS}
+        self.quality = {name: _Mean(*bounds) for name, bounds in _QUALITY_BOUNDS.items()}
         self._gauges = {"bandit_replay": m.bandit_reward, "bandit_logged": m.bandit_logged_reward,
                         "gossip_reward": m.gossip_reward, "gossip_agreement": m.gossip_agreement,
                         "prefetch_hit5": m.prefetch_hit, "cache_hit": m.cache_hit,

@@ -184,6 +184,13 @@ class Settings:
     prefetch_score_every: int = _setting(
         1, "The prefetch learner scores the proposals after one read in this many (per node, "
            "pseudo-random); 4 halves its cost per read and lowers hit ratios by up to 0.02.")
+    state_key: str | None = _secret(
+        "Key that signs the checkpoints (at least 32 bytes). Unset: the key in "
+        "state_key_file.")
+    state_key_file: Path = _setting(
+        Path("~/.pakit-stream/state.key"), "Where the checkpoints' signing key is kept when "
+        "state_key is unset (created on first use, mode 0600); it must be outside data_dir, "
+        "so that whoever can write the checkpoints cannot also read the key.")
     admin_token: str | None = _secret(
         "Bearer token of the admin endpoints (rollback, retrain); unset: they are off.")
     # Kafka security, passed to every client: the daemon's Faust consumers and producer, the
@@ -250,6 +257,12 @@ class Settings:
         for name in ("codec_probe_us", "codec_entropy_us", "codec_lookup_us"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.state_key is not None and len(self.state_key.encode()) < 32:
+            raise ConfigError("state_key must be at least 32 bytes")
+        key_file = Path(self.state_key_file).expanduser().resolve()
+        if self.state_key is None and key_file.is_relative_to(Path(self.data_dir).resolve()):
+            raise ConfigError(f"state_key_file ({key_file}) must be outside data_dir: a key "
+                              "beside the checkpoints it signs protects nothing")
         if self.model_keep < 0:
             raise ConfigError("model_keep must not be negative")
         if not 0 <= self.canary_share < 1:

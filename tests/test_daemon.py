@@ -145,6 +145,18 @@ def test_bad_input_goes_to_the_dlq_with_reasons_and_good_input_is_processed(
     records = read_topic(broker.bootstrap, "pakit.dlq", expected_dlq)
     assert len(records) == expected_dlq
     by_value = {r.value: dict(r.headers) for r in records}
+    # what was refused as possible block content is kept as a digest and field names only
+    sent = {hashlib.sha256(v).hexdigest().encode(): v
+            for v in [*singles, *map(ev.raw, bad_in_envelope)]}
+    for value, headers in list(by_value.items()):
+        if headers["pakit-kind"] == b"privacy":
+            summary = json.loads(value)
+            original = sent[headers["pakit-original-sha256"]]
+            assert summary["sha256"].encode() == headers["pakit-original-sha256"]
+            assert summary["bytes"] == len(original) and summary["fields"]
+            for secret in (b"the block", b"aGVsbG8=", b"holiday-photo"):
+                assert secret not in value
+            by_value[original] = by_value.pop(value)
     huge = next(v for v in singles if len(v) > 200_000)
     truncated = by_value.pop(huge[:100_000])  # too big to keep whole: cut, with its fingerprint
     assert truncated["pakit-original-bytes"] == str(len(huge)).encode()

@@ -7,7 +7,7 @@ import pytest
 
 from pakit_stream import persist
 from pakit_stream.base_model import ModelConfig
-from pakit_stream.exceptions import ModelLoadError
+from pakit_stream.exceptions import ConfigError, ModelLoadError
 from pakit_stream.learners import (DeduplicationOptimizer, NetworkOptimizer, PeerSelector,
                                    SuccessorTable)
 
@@ -108,6 +108,9 @@ class TestContract:
         model, _ = make()
         model.save(tmp_path / "m.pkl")
         with pytest.raises(ModelLoadError):
+            type(model)(ModelConfig(key=b"another key, of 32 bytes or more")).load(
+                tmp_path / "m.pkl")
+        with pytest.raises(ConfigError, match="at least 32 bytes"):  # too short to sign with
             type(model)(ModelConfig(key=b"another key")).load(tmp_path / "m.pkl")
 
     def test_key_is_not_saved(self, make, tmp_path):

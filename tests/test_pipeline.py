@@ -313,3 +313,36 @@ def test_an_older_checkpoint_s_offsets_of_global_topics_seed_the_global_reader(t
     r = Pipeline(Settings())
     r.restore(snap)
     assert r.legacy_global_offsets == {} and r.offsets[GLOBAL_SCOPE + "pakit.gossip/0"] == 0
+
+
+def test_one_hostile_gossip_round_moves_the_reward_and_the_learner_by_a_bounded_amount():
+    p = Pipeline(Settings())
+    p.handle("pakit.gossip", 0, 0, ev.pack([ev.gossip(i) for i in range(99)]))
+    before = p.quality_value("gossip_reward")
+    hostile = dict(ev.gossip(0), messages_sent=1 << 40, control_messages=1 << 40)
+    p.handle("pakit.gossip", 0, 1, ev.pack([hostile]))
+    after = p.quality_value("gossip_reward")
+    assert abs(after - before) <= 12 / 100  # (upper - lower) / n, no more
+    # the Q-function's payload estimate for that setting stays within what a round may claim
+    x = p.network.predict({"network_size": 100, "avg_latency_ms": 40.0, "message_loss_rate": 0.01})
+    assert 0 <= x["expected_payload_per_node"] <= 100
+
+
+def test_ten_thousand_fetches_with_novel_context_keys_are_refused_and_grow_nothing():
+    import tracemalloc
+
+    p = Pipeline(Settings())
+    p.handle("pakit.peers", 0, 0, ev.pack([ev.peer_fetch(i) for i in range(50)]))
+    learned = p.peers.n_updates
+    tracemalloc.start()
+    rejects = []
+    for m in range(20):  # 20 envelopes of 500, every event with 16 keys never seen before
+        events = [dict(ev.peer_fetch(i), context={f"k{m}_{i}_{j}": 0.5 for j in range(16)})
+                  for i in range(500)]
+        rejects += p.handle("pakit.peers", 0, m + 1, ev.pack(events))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(rejects) == 10_000 and {r.kind for r in rejects} == {"invalid"}
+    assert all("is not one of" in r.reason for r in rejects)
+    assert p.peers.n_updates == learned  # nothing reached the learner
+    assert peak < 64 << 20  # the refusals themselves: no state grows with the keys

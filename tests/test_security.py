@@ -91,3 +91,27 @@ def admin_status(daemon, authorization: bytes) -> int:
         return response.status
     finally:
         conn.close()
+
+
+def test_the_checkpoint_key_is_long_whole_and_kept_apart_from_the_checkpoints(tmp_path):
+    import os
+    import stat
+
+    from pakit_stream import persist
+
+    key_file = tmp_path / "keys" / "state.key"
+    key = persist.resolve_key(None, key_file)
+    assert len(key) == 32 and persist.resolve_key(None, key_file) == key
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    empty = tmp_path / "empty.key"
+    empty.write_text("")  # what a crash between creating and writing the file leaves
+    with pytest.raises(ConfigError, match="0 bytes"):
+        persist.resolve_key(None, empty)
+    with pytest.raises(ConfigError, match="at least 32 bytes"):
+        persist.resolve_key("short")
+    with pytest.raises(ConfigError, match="at least 32 bytes"):
+        Settings.from_env({"PAKIT_STREAM_STATE_KEY": "x" * 31})
+    with pytest.raises(ConfigError, match="outside data_dir"):
+        Settings.from_env({"PAKIT_STREAM_DATA_DIR": str(tmp_path / "data"),
+                           "PAKIT_STREAM_STATE_KEY_FILE": str(tmp_path / "data" / "state.key")})
+    assert any(name == "PAKIT_STREAM_STATE_KEY" for name, _, _ in Settings.describe())

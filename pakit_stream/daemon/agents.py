@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -21,21 +22,47 @@ __all__ = ["DeadLetters", "dlq_record", "install"]
 log = logging.getLogger(__name__)
 
 
+def _field_names(raw: bytes) -> list[str]:
+    """The top-level field names of a JSON object (an envelope's, and its events'), at most 64
+    of at most 64 characters each; ``[]`` when it is not one."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return []
+    objects = [value] if isinstance(value, dict) else []
+    if isinstance(value, dict) and isinstance(value.get("events"), list):
+        objects += [e for e in value["events"] if isinstance(e, dict)]
+    names = sorted({str(k)[:64] for o in objects for k in o})
+    return names[:64]
+
+
 def dlq_record(reject: Rejected, source: bytes, max_bytes: int
                ) -> tuple[bytes, list[tuple[str, bytes]]]:
     """The DLQ value and headers of a refused message or event.
 
     The value is the refused bytes themselves; one longer than ``max_bytes`` (it was refused for
-    its size) is cut to ``max_bytes``, its full size and SHA-256 going into headers.
+    its size) is cut to ``max_bytes``, its full size and SHA-256 going into headers. What was
+    refused because it could carry block content is not kept: its value is a JSON summary (its
+    size, SHA-256 and field names), so the dead-letter topic never holds what the contract
+    refuses.
 
     >>> value, headers = dlq_record(Rejected(b"x" * 10, "too big", "invalid"), b"t/0/7", 4)
     >>> value, dict(headers)["pakit-original-bytes"]
     (b'xxxx', b'10')
+    >>> value, _ = dlq_record(Rejected(b'{"content": "secret"}', "content", "privacy"), b"", 99)
+    >>> json.loads(value)["fields"], b"secret" in value
+    (['content'], False)
     """
     headers = [("pakit-reason", reject.reason.encode()), ("pakit-kind", reject.kind.encode()),
                ("pakit-source", source),
                ("pakit-index", b"" if reject.index is None else str(reject.index).encode())]
     value = reject.raw
+    if reject.kind == "privacy":
+        digest = hashlib.sha256(value).hexdigest()
+        headers += [("pakit-original-bytes", str(len(value)).encode()),
+                    ("pakit-original-sha256", digest.encode())]
+        return json.dumps({"refused": "privacy", "bytes": len(value), "sha256": digest,
+                           "fields": _field_names(value)}).encode(), headers
     if len(value) > max_bytes:
         headers += [("pakit-original-bytes", str(len(value)).encode()),
                     ("pakit-original-sha256", hashlib.sha256(value).hexdigest().encode())]

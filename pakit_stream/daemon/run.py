@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import shutil
 import sys
 import importlib.util
 import logging
+from pathlib import Path
 
 from pakit_stream import persist
 from pakit_stream.broker import EmbeddedBroker, create_topics, wait_for_broker
@@ -25,7 +27,13 @@ def build(settings: Settings, bootstrap: str):
     checkpoint, the Faust app around it."""
     from pakit_stream.daemon.core import Daemon
 
-    key = persist.resolve_key(None, settings.data_dir / "state.key")
+    legacy = settings.data_dir / "state.key"  # where versions before 0.2 kept it
+    key_file = Path(settings.state_key_file).expanduser()
+    if settings.state_key is None and legacy.exists() and not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(legacy, key_file)  # out of the data directory, the checkpoints still verify
+        log.warning("moved the state key from %s to %s", legacy, key_file)
+    key = persist.resolve_key(settings.state_key, key_file)
     pipeline = Pipeline(settings, Metrics())
     checkpoints = CheckpointStore(settings.data_dir, key)
     checkpoints.restore(pipeline)

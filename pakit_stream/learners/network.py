@@ -67,6 +67,11 @@ _MODES = ("push", "push-pull")
 #: a broadcast that reached everyone counts as missing half a node (log10 needs a floor; a
 #: continuity correction: below it, the mean of the log says little about the mean coverage)
 _FLOOR = 0.5
+#: messages per node a round is learned with at most (payload, and control messages): one
+#: round that claims more (a node's bug, or an attack) moves the learner as much as this does
+MAX_PER_NODE = 100.0
+#: the reward's bounds: what one round may add to a running mean (and its private release)
+REWARD_BOUNDS = (-11.0, 1.0)
 
 
 def _band(value: float, edges: Sequence[float]) -> int:
@@ -235,10 +240,13 @@ class NetworkOptimizer(OnlineModel):
         if self.rounds[mode] >= 10:  # residuals of a model that has seen something
             self._residual[mode].update(y - self._shortfall[mode].predict_one(x_short))
         self._shortfall[mode].learn_one(x_short, y)
-        self._payload[mode].learn_one(x_pay, messages_sent / n)
+        sent = min(messages_sent / n, MAX_PER_NODE)
+        self._payload[mode].learn_one(x_pay, sent)
         self.rounds[mode] += 1
         self.n_updates += 1
-        return self.reward(coverage, messages_sent, n, control_messages)
+        low, high = REWARD_BOUNDS
+        control = min(control_messages / n, MAX_PER_NODE)
+        return min(max(self.reward(coverage, sent * n, n, control * n), low), high)
 
     def learn_record(self, record: Mapping[str, Any]) -> None:
         if "state" in record:  # the guide's episodes: {'state', 'action', 'reward'[, 'next_state']}
