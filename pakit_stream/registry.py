@@ -12,6 +12,7 @@ stays as it was.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -43,9 +44,19 @@ class GateResult(dict):
     """``{accepted, candidate, serving, candidate_score, serving_score, reason}``."""
 
 
+def _signature(key: bytes, head: dict[str, Any]) -> str:
+    """HMAC-SHA256 of a record's header (its metadata holds the model file's SHA-256)."""
+    body = json.dumps({k: v for k, v in head.items() if k != "hmac"}, sort_keys=True)
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
+
 class ModelRegistry:
-    def __init__(self, root: str | Path) -> None:
+    """``key``, when given, signs the records :meth:`export` writes, and :meth:`install`
+    refuses a record without a valid signature."""
+
+    def __init__(self, root: str | Path, key: bytes | None = None) -> None:
         self.root = Path(root)
+        self.key = key
 
     # reading -------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -108,9 +119,12 @@ class ModelRegistry:
         if version is None:
             raise ModelLoadError(f"{name}: no {role} version to publish")
         blob = self.verified_file(name, version).read_bytes()
-        head = json.dumps({"name": name, "version": version, "role": role,
-                           "metadata": self.metadata(name, version)}).encode()
-        return len(head).to_bytes(4, "big") + head + blob
+        head = {"name": name, "version": version, "role": role,
+                "metadata": self.metadata(name, version)}
+        if self.key:
+            head["hmac"] = _signature(self.key, head)
+        raw = json.dumps(head).encode()
+        return len(raw).to_bytes(4, "big") + raw + blob
 
     def install(self, record: bytes, known: Collection[str] | None = None
                 ) -> tuple[str, str, str]:
@@ -125,6 +139,10 @@ class ModelRegistry:
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"not a published model record: {exc}") from exc
         blob = record[4 + n:]
+        if self.key and not hmac.compare_digest(str(head.get("hmac", "")),
+                                                _signature(self.key, head)):
+            raise ModelLoadError(f"{name} {version}: the record is unsigned or not signed with "
+                                 "this worker's PAKIT_STREAM_MODEL_KEY; refused")
         for part in (name, version):
             if not isinstance(part, str) or not _SAFE.fullmatch(part):
                 raise ModelLoadError(f"unsafe model name or version {part!r}")

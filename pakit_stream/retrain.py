@@ -62,7 +62,8 @@ class Retrainer:
 
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self.settings, self.pipeline = settings, pipeline
-        self.registry = ModelRegistry(settings.data_dir)  # models/<name>/<version>/
+        self.registry = ModelRegistry(  # models/<name>/<version>/
+            settings.data_dir, key=settings.model_key.encode() if settings.model_key else None)
         self.metrics = pipeline.metrics
         self.started = time.time()
         self.last_run: dict[str, float] = {}

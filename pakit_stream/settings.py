@@ -191,6 +191,10 @@ class Settings:
         Path("~/.pakit-stream/state.key"), "Where the checkpoints' signing key is kept when "
         "state_key is unset (created on first use, mode 0600); it must be outside data_dir, "
         "so that whoever can write the checkpoints cannot also read the key.")
+    model_key: str | None = _secret(
+        "Key (at least 32 bytes) that signs the model records workers exchange on "
+        "pakit.models (HMAC-SHA256); when set, a worker refuses a record unsigned or signed "
+        "with another key. Give every worker the same one.")
     admin_token: str | None = _secret(
         "Bearer token of the admin endpoints (rollback, retrain); unset: they are off.")
     # Kafka security, passed to every client: the daemon's Faust consumers and producer, the
@@ -263,6 +267,8 @@ class Settings:
         if self.state_key is None and key_file.is_relative_to(Path(self.data_dir).resolve()):
             raise ConfigError(f"state_key_file ({key_file}) must be outside data_dir: a key "
                               "beside the checkpoints it signs protects nothing")
+        if self.model_key is not None and len(self.model_key.encode()) < 32:
+            raise ConfigError("model_key must be at least 32 bytes")
         if self.model_keep < 0:
             raise ConfigError("model_keep must not be negative")
         if not 0 <= self.canary_share < 1:

@@ -125,16 +125,23 @@ def test_every_alert_names_an_exported_metric_and_grafana_is_provisioned():
 def test_kubernetes_manifests_agree_with_the_settings_and_each_other():
     docs = {d["kind"]: d for f in sorted((DEPLOY / "k8s").glob("*.yaml"))
             for d in yaml.safe_load_all(f.read_text())}
-    assert set(docs) == {"ConfigMap", "Deployment", "Service"}
+    assert set(docs) == {"ConfigMap", "StatefulSet", "Service"}
     config = docs["ConfigMap"]["data"]
     assert set(config) <= {var for var, _, _ in Settings.describe()}
-    deploy = docs["Deployment"]["spec"]
+    deploy = docs["StatefulSet"]["spec"]
     assert deploy["replicas"] >= 2  # one consumer group, partitions spread over the replicas
     (container,) = deploy["template"]["spec"]["containers"]
     assert container["ports"][0]["containerPort"] == int(config["PAKIT_STREAM_WEB_PORT"])
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     assert docs["Service"]["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
     assert docs["Service"]["spec"]["selector"] == deploy["selector"]["matchLabels"]
+    # each replica keeps its checkpoint, model store and key on claims of its own (a rollout
+    # must not lose them), and the key apart from the checkpoints
+    claims = {c["metadata"]["name"] for c in deploy["volumeClaimTemplates"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert set(mounts.values()) <= claims and not deploy["template"]["spec"].get("volumes")
+    assert mounts[config["PAKIT_STREAM_DATA_DIR"]] != mounts[
+        str(Path(config["PAKIT_STREAM_STATE_KEY_FILE"]).parent)]
 
 
 def test_systemd_unit_and_dockerfile_run_the_real_command():

@@ -346,3 +346,36 @@ def test_ten_thousand_fetches_with_novel_context_keys_are_refused_and_grow_nothi
     assert all("is not one of" in r.reason for r in rejects)
     assert p.peers.n_updates == learned  # nothing reached the learner
     assert peak < 64 << 20  # the refusals themselves: no state grows with the keys
+
+
+def test_a_dead_letter_is_retried_until_the_broker_acknowledges_it():
+    """Unit test of the retry logic (the broker is faked): a refused write is counted and
+    tried again; the call returns only once a write was acknowledged."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from pakit_stream.daemon.agents import DeadLetters
+    from pakit_stream.events.decode import Rejected
+
+    attempts = []
+
+    class FlakyTopic:  # refuses two writes, then acknowledges
+        async def send(self, key, value, headers):
+            attempts.append(value)
+            delivery = asyncio.get_running_loop().create_future()
+            if len(attempts) <= 2:
+                delivery.set_exception(OSError("not enough replicas"))
+            else:
+                delivery.set_result("acknowledged")
+            return delivery
+
+    p = Pipeline(Settings())
+    daemon = SimpleNamespace(pipeline=p, metrics=p.metrics, settings=p.settings,
+                             topic=lambda name: FlakyTopic())
+    dead = DeadLetters(daemon)
+    dead.max_backoff_s = 0.01
+    message = SimpleNamespace(topic="pakit.access", partition=0, offset=7, key=b"node-1")
+    asyncio.run(dead.send([Rejected(b"{}", "no event_type", "invalid")], message))
+    assert len(attempts) == 3
+    assert sample(p, "pakit_stream_dlq_failures_total") == 2
+    assert sample(p, "pakit_stream_dlq_messages_total", kind="invalid") == 1

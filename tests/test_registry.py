@@ -172,3 +172,27 @@ def test_the_store_keeps_what_serves_its_rollback_target_and_the_newest(tmp_path
     left = {m["version"] for m in store.versions("compression_predictor")}
     assert left == {versions[i] for i in (2, 3, 5, 6, 7)}  # rollback, serving, canary, newest
     assert store.rollback("compression_predictor") == versions[2]
+
+
+def test_with_a_model_key_only_records_signed_with_it_are_installed(tmp_path):
+    from .test_canary import EntropyRule
+
+    key = b"m" * 32
+    leader = ModelRegistry(tmp_path / "leader", key=key)
+    v = leader.register("compression_predictor", EntropyRule(), {})
+    leader.promote("compression_predictor", v)
+    signed = leader.export("compression_predictor")
+    assert ModelRegistry(tmp_path / "a", key=key).install(signed)[1] == v
+    unsigned = ModelRegistry(tmp_path / "leader").export("compression_predictor")
+    other_key = ModelRegistry(tmp_path / "leader", key=b"x" * 32).export("compression_predictor")
+    for record, worker in ((unsigned, "b"), (other_key, "c")):
+        with pytest.raises(ModelLoadError, match="unsigned or not signed"):
+            ModelRegistry(tmp_path / worker, key=key).install(record)
+    n = int.from_bytes(signed[:4], "big")
+    head = json.loads(signed[4:4 + n])
+    head["role"] = "canary"  # any change to the header voids the signature
+    forged = json.dumps(head).encode()
+    with pytest.raises(ModelLoadError, match="unsigned or not signed"):
+        ModelRegistry(tmp_path / "d", key=key).install(
+            len(forged).to_bytes(4, "big") + forged + signed[4 + n:])
+    assert ModelRegistry(tmp_path / "e").install(signed)[1] == v  # no key: none required

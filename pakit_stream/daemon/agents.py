@@ -79,17 +79,33 @@ class DeadLetters:
         self.pipeline, self.metrics = daemon.pipeline, daemon.metrics
         self.max_bytes = daemon.settings.dlq_max_bytes
         self.topic = daemon.topic(DLQ_TOPIC)
+        #: the longest wait between two tries of a dead-letter write
+        self.max_backoff_s = 5.0
 
     async def send(self, rejects: list[Rejected], message: Any) -> None:
+        """Dead-letter each reject, and return once the broker has acknowledged every one.
+        The agent holds :meth:`Pipeline.applying <pakit_stream.pipeline.Pipeline.applying>`
+        meanwhile, so no checkpoint covers the message before its dead letters are stored. A
+        failed write is counted (``pakit_stream_dlq_failures_total``) and tried again, backing
+        off up to :attr:`max_backoff_s`; the message's partition waits for it."""
         source = f"{message.topic}/{message.partition}/{message.offset}".encode()
         for r in rejects:
             value, headers = dlq_record(r, source, self.max_bytes)
-            try:
-                await self.topic.send(key=message.key, value=value, headers=headers)
-            except Exception:  # the stream must go on; the failure is counted and alertable
-                log.exception("could not dead-letter a %s event from %s", r.kind, source.decode())
-                self.metrics.dlq_failures.inc()
-                continue
+            backoff = 0.05
+            while True:
+                try:
+                    delivery = await self.topic.send(key=message.key, value=value,
+                                                     headers=headers)
+                    await delivery  # the broker's acknowledgement
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # counted and alertable; the record is not dropped
+                    log.warning("could not dead-letter a %s event from %s (%r); retrying in "
+                                "%.2f s", r.kind, source.decode(), exc, backoff)
+                    self.metrics.dlq_failures.inc()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff_s)
             self.metrics.dlq.labels(kind=r.kind).inc()
 
     async def handled(self, topic: str, partition: int, offset: int, value: bytes | None,
