@@ -67,6 +67,28 @@ def test_publishes_envelopes_and_marks_them_sent(broker, tmp_path):
     assert hashes_in(records) == {ev.block_hash(i) for i in range(25)}
 
 
+def test_envelopes_are_cut_by_bytes_under_the_brokers_limit(broker, tmp_path):
+    """500 fetches with long candidate lists once made one envelope over Kafka's 1 MB limit,
+    refused forever; envelopes are now cut by size as well as by count."""
+    limit = 4096
+    with TelemetryCollector(tmp_path / "t.db", broker=broker.bootstrap, batch_size=500,
+                            flush_interval_s=3600, max_envelope_bytes=limit) as c:
+        peers = [f"peer-{i:04d}" for i in range(60)]  # about 900 bytes per event
+        for i in range(40):
+            fields = dict(ev.peer_fetch(i), candidates=peers, peer_id=peers[i % 60])
+            del fields["event_type"]
+            c.record(event_type="peer_fetch", **fields)
+        assert c.flush() == 40 and c.pending() == 0
+        with pytest.raises(InvalidEventError, match="does not fit an envelope"):
+            huge = dict(ev.peer_fetch(99), candidates=[f"peer-{i:04d}-{'x' * 20}"
+                                                       for i in range(200)])
+            del huge["event_type"]
+            c.record(event_type="peer_fetch", **dict(huge, peer_id=huge["candidates"][0]))
+    records = read_topic(broker.bootstrap, "pakit.peers", 10)  # 4 events per envelope
+    assert len(records) == 10 and all(len(r.value) <= limit for r in records)
+    assert sum(len(json.loads(r.value)["events"]) for r in records) == 40
+
+
 def test_broker_outage_loses_nothing(tmp_path):
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"

@@ -69,6 +69,26 @@ def _listening(bootstrap: str) -> bool:
     return False
 
 
+def _chunks(items: list[tuple[int, bytes]], max_events: int, max_bytes: int):
+    """``items`` cut into runs of at most ``max_events`` whose envelope is at most
+    ``max_bytes`` (each event fits one alone: ``record()`` checks it).
+
+    >>> [len(c) for c in _chunks([(i, b"x" * 10) for i in range(7)], 3, 40)]
+    [2, 2, 2, 1]
+    """
+    chunk: list[tuple[int, bytes]] = []
+    size = len(envelope([]))
+    for item in items:
+        extra = len(item[1]) + (1 if chunk else 0)  # the comma between two events
+        if chunk and (len(chunk) >= max_events or size + extra > max_bytes):
+            yield chunk
+            chunk, size, extra = [], len(envelope([])), len(item[1])
+        chunk.append(item)
+        size += extra
+    if chunk:
+        yield chunk
+
+
 class TelemetryCollector:
     """Validated, spooled, batched telemetry of one node.
 
@@ -84,6 +104,11 @@ class TelemetryCollector:
     batch_size
         Events per envelope (at most ``MAX_ENVELOPE_EVENTS``, the most the daemon accepts in
         one message), and pending events that trigger a flush.
+    max_envelope_bytes
+        Bytes per envelope at most: envelopes are cut by count and by size. The default stays
+        under Kafka's default ``message.max.bytes`` (1,048,588); give the broker's limit (or
+        the daemon's ``PAKIT_STREAM_MAX_MESSAGE_BYTES``) when it is smaller. An event that
+        alone would exceed it is refused by ``record()``: no broker would ever take it.
     flush_interval_s
         ``record()`` also flushes when this long has passed since the last flush.
     keep_sent
@@ -92,11 +117,15 @@ class TelemetryCollector:
 
     def __init__(self, db_path: str | Path = "telemetry.db", *, node_id: str | None = None,
                  broker: str | None = None, batch_size: int = 500, flush_interval_s: float = 1.0,
-                 keep_sent: int = 100_000, producer_config: dict[str, Any] | None = None) -> None:
+                 keep_sent: int = 100_000, producer_config: dict[str, Any] | None = None,
+                 max_envelope_bytes: int = 1_000_000) -> None:
         self.db_path = Path(db_path)
         if not 0 < batch_size <= MAX_ENVELOPE_EVENTS:
             raise UsageError(f"batch_size must be in 1..{MAX_ENVELOPE_EVENTS} (the daemon refuses "
                              f"larger envelopes), got {batch_size}")
+        if max_envelope_bytes < 1024:
+            raise UsageError(f"max_envelope_bytes must be at least 1024, got {max_envelope_bytes}")
+        self.max_envelope_bytes = max_envelope_bytes
         self.broker, self.batch_size = broker, batch_size
         self.flush_interval_s, self.keep_sent = flush_interval_s, keep_sent
         self._producer_config = producer_config or {}
@@ -143,9 +172,13 @@ class TelemetryCollector:
         """Validate and spool one event (guide spellings like ``'BLOCK_STORED'`` accepted)."""
         event = self.validate(event_type, **fields)
         kind = type(event).__struct_config__.tag
+        payload = _encode(event)
+        if len(envelope([payload])) > self.max_envelope_bytes:
+            raise InvalidEventError(f"a {kind} event of {len(payload)} bytes does not fit an "
+                                    f"envelope of max_envelope_bytes={self.max_envelope_bytes}")
         with self._lock:
             self._db.execute("INSERT INTO spool (event_type, ts, payload) VALUES (?, ?, ?)",
-                             (kind, event.ts, _encode(event)))
+                             (kind, event.ts, payload))
             self._pending += 1
             due = (self._pending >= self.batch_size
                    or time.monotonic() - self._last_flush >= self.flush_interval_s)
@@ -185,8 +218,7 @@ class TelemetryCollector:
             batches = []
             try:
                 for topic, items in by_topic.items():
-                    for i in range(0, len(items), self.batch_size):
-                        chunk = items[i:i + self.batch_size]
+                    for chunk in _chunks(items, self.batch_size, self.max_envelope_bytes):
                         future = producer.send(topic, key=key, value=envelope([p for _, p in chunk]))
                         batches.append((future, [rid for rid, _ in chunk]))
                 producer.flush(timeout=timeout)
