@@ -248,7 +248,7 @@ class Retrainer:
             else:
                 self._swap(name, model)
                 self._changed(name, "serving")
-            SPECS[name].on_accepted(m, result)
+            SPECS[name].on_accepted(m, result, self.settings)
         return {"outcome": outcome, **result}
 
     def _failed(self, name: str, started: float, why: str) -> dict[str, Any]:

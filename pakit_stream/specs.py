@@ -86,8 +86,9 @@ class ModelSpec:
         """The served model of a verified file (``metadata``: the registry's record)."""
         return self.served(path)
 
-    def on_accepted(self, metrics, result: Mapping[str, Any]) -> None:
-        """Export what the gate found when a version is accepted."""
+    def on_accepted(self, metrics, result: Mapping[str, Any], settings=None) -> None:
+        """Export what the gate found when a version is accepted (nothing that is a raw
+        figure of a few nodes' data when ``settings.dp_epsilon`` is set)."""
 
     def file_for(self, path: str | Path):
         """The served model of a file, without the registry (the gates' loader)."""
@@ -207,8 +208,11 @@ class PrefetchSpec(ModelSpec):
         metrics = model.train(delta_sequences((r[0], r[2], r[3]) for r in train), config)
         return model, factory, metrics, int(metrics["samples"])
 
-    def on_accepted(self, metrics, result):
-        metrics.prefetch_holdout.set(result["candidate_score"])
+    def on_accepted(self, metrics, result, settings=None):
+        # the hit ratio on a held-out window of a few nodes' reads: with differential privacy
+        # on, it is not exported at all (its sensitivity depends on reads the gate scored)
+        if settings is None or settings.dp_epsilon <= 0:
+            metrics.prefetch_holdout.set(result["candidate_score"])
 
 
 #: every batch model, by name

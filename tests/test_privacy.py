@@ -70,3 +70,27 @@ def test_blocks_read_by_fewer_than_k_nodes_never_reach_the_prefetch_model(tmp_pa
 def test_privacy_settings_are_validated(bad):
     with pytest.raises(ConfigError):
         Settings(**bad).validate()
+
+
+def test_with_dp_on_the_prefetch_gates_raw_hit_ratio_is_not_exported():
+    from pakit_stream.metrics import Metrics
+    from pakit_stream.specs import SPECS
+
+    spec = SPECS["prefetch_engine"]
+    for epsilon, exported in ((0.0, 0.7), (1.0, 0.0)):
+        metrics = Metrics()
+        spec.on_accepted(metrics, {"candidate_score": 0.7}, Settings(dp_epsilon=epsilon))
+        assert metrics.prefetch_holdout._value.get() == exported
+
+
+def test_with_dp_on_the_network_hint_gives_the_setting_without_its_estimates():
+    from pakit_stream.serving.hints import HintService
+
+    body = b'{"network_size": 100, "avg_latency_ms": 40, "message_loss_rate": 0.01}'
+    for epsilon in (0.0, 1.0):
+        p = Pipeline(Settings(dp_epsilon=epsilon))
+        p.handle("pakit.gossip", 0, 0, ev.pack([ev.gossip(i) for i in range(60)]))
+        answer = HintService(p).network(body)
+        estimates = [v for k, v in answer.items() if k.startswith("expected_")]
+        assert answer["fanout"] and estimates
+        assert all(v is None for v in estimates) == (epsilon > 0)

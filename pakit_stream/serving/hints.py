@@ -125,12 +125,16 @@ class HintService:
                 "score": None if choice.score is None else round(choice.score, 3)}
 
     def network(self, body: bytes) -> dict:
-        """``{network_size, avg_latency_ms, message_loss_rate}`` → ``{fanout, ttl, ...}``."""
+        """``{network_size, avg_latency_ms, message_loss_rate}`` → ``{fanout, ttl, ...}``. With
+        differential privacy on, the ``expected_*`` figures (the learner's estimates, which a
+        setting seen in few rounds ties to those rounds) are left out: ``None``."""
         started = time.perf_counter()
         req = self._parse("network", body, NetworkHintRequest)
         answer = self.pipeline.network.predict(
             {"network_size": req.network_size, "avg_latency_ms": req.avg_latency_ms,
              "message_loss_rate": req.message_loss_rate}, explore=True)
+        if self.pipeline.settings.dp_epsilon > 0:
+            answer.update({k: None for k in answer if k.startswith("expected_")})
         self._done("network", answer["source"], started)
         return answer
 
