@@ -131,3 +131,21 @@ def test_gossip_mode_and_control_messages_are_optional():
     assert (e.mode, e.fanout, e.pull_rounds, e.control_messages) == ("push-pull", 1.5, 4, 800)
     [r] = dec.decode(ev.raw({**pulled, "mode": "flood"})).rejects
     assert r.kind == "invalid" and "mode" in r.reason
+
+
+def test_the_json_schema_in_docs_is_the_one_the_structs_give():
+    """docs/events.schema.json is what nodes in other languages validate against; it must
+    change whenever the structs do (regenerate: python -m pakit_stream.events.schema)."""
+    import json
+    from pathlib import Path
+
+    from pakit_stream.events.schema import EVENT_TYPES, contract_schema
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "events.schema.json"
+    written = json.loads(path.read_text())
+    assert written == json.loads(json.dumps(contract_schema()))
+    defs = written["$defs"]
+    for tag, cls in EVENT_TYPES.items():
+        name = cls.__name__
+        assert defs[name]["properties"]["event_type"]["enum"] == [tag]
+        assert f"Envelope_{name}_" in defs

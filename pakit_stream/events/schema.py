@@ -13,7 +13,7 @@ length- and pattern-bounded, and block ids must be 64-character hex digests.
 
 from __future__ import annotations
 
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -205,3 +205,25 @@ def wire_type(event_type: type[Event]):
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.__struct_config__.tag: cls for cls in TOPICS.values()}
 TOPIC_OF: dict[str, str] = {cls.__struct_config__.tag: topic for topic, cls in TOPICS.items()}
+
+
+def contract_schema() -> dict[str, Any]:
+    """The contract as a JSON Schema (draft 2020-12), generated from the structs above: one
+    event of a family, or an envelope of one family's events. ``docs/events.schema.json`` is
+    this, written by ``python -m pakit_stream.events.schema``; a test keeps the two equal."""
+    families = list(TOPICS.values())
+    kinds = [*families, *(Envelope[cls] for cls in families)]
+    schemas, components = msgspec.json.schema_components(kinds, ref_template="#/$defs/{name}")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "pakit-stream telemetry",
+            "description": "One Kafka message: a single event, or {\"events\": [...]} of one "
+                           "family. Topics: " + ", ".join(f"{t} ({c.__struct_config__.tag})"
+                                                          for t, c in TOPICS.items()) + ".",
+            "oneOf": schemas, "$defs": components}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(contract_schema(), indent=2, sort_keys=True) + "\n")
