@@ -92,7 +92,7 @@ class Retrainer:
         try:
             return spec_of(name).load(self.registry.verified_file(name, version),
                                       self.registry.metadata(name, version), self.pipeline)
-        except ModelLoadError:
+        except Exception:  # any file that does not load (a KeyError of a header, say) is refused
             log.exception("%s %s refused; keeping the current model", name, version)
             return None
 
@@ -182,7 +182,7 @@ class Retrainer:
         window = spec.window(self.pipeline)
         train, holdout, suppressed = spec.split(window, 1 - self.settings.retrain_holdout_fraction,
                                                 self.settings)
-        if suppressed or self.settings.k_anonymity > 1:
+        if suppressed or self.settings.k_anonymity > 1:  # the models a check applies to
             self.suppressed = suppressed
         return train, holdout, len(window)
 

@@ -162,3 +162,32 @@ def test_daemon_rolls_a_canary_out_or_back_end_to_end(producer, daemon_factory, 
     outcome = "promote" if better else "rollback"
     assert f'outcome="{outcome}"}} 1.0' in metrics
     assert 'pakit_stream_canary_quality{arm="serving"' in metrics
+
+
+class NoVocabulary:
+    """A prefetch model file whose header lacks ``vocab``: it once crash-looped every worker."""
+
+    version = None
+
+    def save(self, path) -> None:
+        meta = {"kind": "PrefetchEngine", "version": self.version, "context_len": 4}
+        save_file({"embed.weight": np.zeros((2, 2), np.float32)}, str(path),
+                  metadata={"pakit": json.dumps(meta)})
+
+
+def test_a_published_model_that_does_not_load_is_refused_before_it_serves(tmp_path):
+    import asyncio
+
+    from pakit_stream.exceptions import ModelLoadError
+
+    leader = ModelRegistry(tmp_path / "leader")
+    version = leader.register("prefetch_engine", NoVocabulary(), {})
+    leader.promote("prefetch_engine", version)
+    settings = Settings.from_env({}, data_dir=tmp_path / "worker")
+    p = Pipeline(settings)
+    worker = Retrainer(settings, p)
+    with pytest.raises(ModelLoadError, match="could not be loaded"):
+        asyncio.run(worker.adopt(leader.export("prefetch_engine")))
+    assert ModelRegistry(tmp_path / "worker").serving("prefetch_engine") is None
+    Retrainer(settings, Pipeline(settings)).load_all()  # a restart starts, nothing to serve
+    assert p.prefetch_model is None

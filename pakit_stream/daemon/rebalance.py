@@ -53,8 +53,7 @@ async def resume_assigned(daemon: Daemon, assigned) -> None:
                                          "gone or different")
         else:
             await daemon.app.consumer.seek(tp, offset)
-    for tp in keys.keys() - saved.keys():  # nothing of it is in the state: from its start
-        await daemon.app.consumer.seek(tp, 0)
+    # the others start from their beginning: seek_to_state, after Faust's own seek
     log.info("assigned %d partitions; resumed %d from checkpoint offsets, the others from "
              "their start", len(assigned), len(saved))
 
