@@ -40,7 +40,7 @@ from pakit_stream.learners import DeduplicationOptimizer, NetworkOptimizer, Peer
 from pakit_stream.learners.prefetch import Prefetcher
 from pakit_stream.learners.codec import CodecCostModel, forward_us
 from pakit_stream.metrics import Metrics
-from pakit_stream.privacy import private_mean
+from pakit_stream.privacy import Crowds, private_mean
 from pakit_stream.settings import Settings
 from pakit_stream.specs import CODEC_MODEL, PREFETCH_MODEL, CodecSpec
 
@@ -149,6 +149,9 @@ class Pipeline:
         #: model name -> the candidate serving a share of the nodes while both arms are
         #: compared on the same events (:mod:`pakit_stream.canary`); not checkpointed
         self.canaries: dict[str, Any] = {}
+        #: with k-anonymity on, how many distinct nodes reported each block, object, peer
+        #: and topic, up to k: a hint names nothing fewer nodes reported (``HintService``)
+        self.crowds = Crowds(s.k_anonymity) if s.k_anonymity > 1 else None
         self.offsets: dict[str, int] = {}
         #: CRC-32 of the last applied message of each partition: on resume, the record before
         #: the saved offset must still carry it, or the log was recreated (a restarted
@@ -361,6 +364,7 @@ class Pipeline:
     def _on_blocks(self, events: list[BlockStored]) -> list[Rejected]:
         errors, extract, window = [], self.features.extract_features, self.codec_window
         codec, online, adwin = self.codec, self.quality["codec_online"], self._codec_adwin
+        crowds = self.crowds
         lam, every = codec.cpu_bytes_per_us, self.settings.eval_every
         labelled = 0
         for i, e in enumerate(events):
@@ -389,6 +393,8 @@ class Pipeline:
                                    arm(canary.model, x, spent, lam, choice.algorithm))
                 codec.learn_one(x, costs)
                 window.append((x, costs))
+                if crowds is not None:
+                    crowds.add("codec", "-", e.node_id)
                 labelled += 1
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
@@ -398,7 +404,7 @@ class Pipeline:
         return errors
 
     def _on_access(self, events) -> list[Rejected]:
-        errors, prefetcher, window = [], self.prefetcher, self.access_window
+        errors, prefetcher, window, crowds = [], self.prefetcher, self.access_window, self.crowds
         hit5, hits = self.quality["prefetch_hit5"], self.quality["cache_hit"]
         every = self.settings.eval_every
         for i, e in enumerate(events):
@@ -416,6 +422,10 @@ class Pipeline:
                 hits.add(e.cache_hit)
                 window.append((e.node_id, e.block_hash, e.object_id, e.chunk_index,
                                e.chunk_count))
+                if crowds is not None:
+                    crowds.add("read", e.block_hash, e.node_id)
+                    if e.object_id is not None:
+                        crowds.add("object", e.object_id, e.node_id)
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
         self.prefetch_new += len(events) - len(errors)
@@ -435,6 +445,11 @@ class Pipeline:
                     dedup.add(e.block_hash, e.minhash)
                 except Exception as exc:
                     errors.append(self._error(e, i, exc))
+        if self.crowds is not None:
+            refused = {r.index for r in errors}
+            for i, e in enumerate(events):
+                if i not in refused:
+                    self.crowds.add("fingerprint", e.block_hash, e.node_id)
         self.metrics.lsh_entries.set(len(dedup))
         return errors
 
@@ -452,6 +467,8 @@ class Pipeline:
                 peers.learn_fetch(e.peer_id, e.success, e.latency_ms, e.block_size, e.context,
                                   e.node_id, e.ts)
                 logged.add(r)
+                if self.crowds is not None:
+                    self.crowds.add("peer", e.peer_id, e.node_id)
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
         self._publish("bandit_replay")
@@ -476,6 +493,8 @@ class Pipeline:
                 reward.add(net.learn_round(e.network_size, e.avg_latency_ms, e.message_loss_rate,
                                            e.fanout, e.ttl, e.coverage, e.messages_sent, e.mode,
                                            e.pull_rounds, e.control_messages))
+                if self.crowds is not None:
+                    self.crowds.add("gossip", "-", e.node_id)
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
         self._publish("gossip_reward")
@@ -516,6 +535,7 @@ class Pipeline:
                          "prefetcher": self.prefetcher, "codec": self.codec},
             "codec_window": list(self.codec_window),
             "access_window": list(self.access_window),
+            "crowds": self.crowds,
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -552,6 +572,9 @@ class Pipeline:
         # reads: (node, block, object, index, count); older versions kept (node, block)
         self.access_window.extend(r if len(r) == 5 else (*r, None, None, 1)
                                   for r in snap.get("access_window", ()))
+        crowds = snap.get("crowds")  # kept only while k is what it was
+        if self.crowds is not None and crowds is not None and crowds.k == self.crowds.k:
+            self.crowds = crowds
         self.metrics.lsh_entries.set(len(self.dedup))
         self.metrics.bandit_peers.set(self.peers.n_peers)
 

@@ -14,6 +14,11 @@ The contract already keeps content out (``docs/events.md``). What remains identi
   distinct individuals. For the prefetch model (``PAKIT_STREAM_K_ANONYMITY``), individuals are
   nodes and the quasi-identifier is the block read: a block that fewer than ``k`` nodes read
   would reveal what those nodes read, so it never enters a training window.
+* :class:`Crowds` applies the same rule online, to what a hint reveals: it counts, per key (a
+  block read, an object read, a block fingerprinted, a peer fetched from, a topic), the
+  distinct nodes that reported it, up to ``k``. With ``PAKIT_STREAM_K_ANONYMITY`` > 1 a hint
+  names only keys at least ``k`` nodes reported, and answers from pooled state only, never from
+  what the calling node alone sent (``HintService``).
 
 >>> import random
 >>> rng = random.Random(0)
@@ -24,20 +29,26 @@ True
 >>> kept, report = k_anonymous(reads, individual=lambda r: r[0], quasi=lambda r: r[1], k=2)
 >>> kept, report.suppressed, report.smallest_kept
 ([('n1', 'a'), ('n2', 'a'), ('n3', 'a')], 1, 3)
+>>> crowds = Crowds(k=2)
+>>> for node, block in reads:
+...     crowds.add("read", block, node)
+>>> crowds.known("read", "a"), crowds.known("read", "b")
+(True, False)
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections import defaultdict
+import zlib
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from pakit_stream.exceptions import UsageError
 
-__all__ = ["laplace", "private_mean", "k_anonymous", "KAnonymityReport"]
+__all__ = ["laplace", "private_mean", "k_anonymous", "KAnonymityReport", "Crowds"]
 
 R = TypeVar("R")
 
@@ -87,3 +98,46 @@ def k_anonymous(records: Iterable[R], individual: Callable[[R], Hashable],
     report = KAnonymityReport(k, len(who), len(ok), len(records) - len(kept),
                               min((len(who[q]) for q in ok), default=0))
     return kept, report
+
+
+class Crowds:
+    """Which keys at least ``k`` distinct nodes reported, per namespace, online and bounded.
+
+    A key holds the CRC-32s of the nodes seen so far (two nodes sharing one count as one:
+    an error on the safe side) until there are ``k``, then only a flag. Each namespace keeps
+    its ``capacity`` most recently reported keys; a key evicted is unknown again.
+    """
+
+    _DONE = True
+
+    def __init__(self, k: int, capacity: int = 1_000_000) -> None:
+        if k < 1 or capacity < 1:
+            raise UsageError("k and capacity must be at least 1")
+        self.k, self.capacity = k, capacity
+        self._spaces: dict[str, OrderedDict[Hashable, set[int] | bool]] = {}
+
+    def add(self, space: str, key: Hashable, node: str) -> None:
+        """Record that ``node`` reported ``key`` in ``space``."""
+        seen = self._spaces.get(space)
+        if seen is None:
+            seen = self._spaces[space] = OrderedDict()
+        nodes = seen.get(key)
+        if nodes is None:
+            nodes = seen[key] = set()
+            if len(seen) > self.capacity:
+                seen.popitem(last=False)
+        else:
+            seen.move_to_end(key)
+            if nodes is self._DONE:
+                return
+        nodes.add(zlib.crc32(node.encode()))
+        if len(nodes) >= self.k:
+            seen[key] = self._DONE
+
+    def known(self, space: str, key: Hashable) -> bool:
+        """Whether at least ``k`` distinct nodes reported ``key`` in ``space``."""
+        seen = self._spaces.get(space)
+        return seen is not None and seen.get(key) is self._DONE
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._spaces.values())

@@ -135,8 +135,8 @@ class Settings:
     )
     dp_release_s: float = _setting(60.0, "Least seconds between two private releases of a figure.")
     k_anonymity: int = _setting(
-        1, "A block enters the prefetch model's training data only if at least this many "
-        "distinct nodes read it (1: off)."
+        1, "A block enters the prefetch model's training data, and a hint names a block, "
+        "object or peer, only if at least this many distinct nodes reported it (1: off)."
     )
     # batch models
     codec_cpu_bytes_per_us: float = _setting(

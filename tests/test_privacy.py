@@ -3,14 +3,15 @@ data."""
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 
 import pytest
 
-from pakit_stream.exceptions import ConfigError
+from pakit_stream.exceptions import ConfigError, UsageError
 from pakit_stream.pipeline import Pipeline
-from pakit_stream.privacy import k_anonymous, laplace, private_mean
+from pakit_stream.privacy import Crowds, k_anonymous, laplace, private_mean
 from pakit_stream.retrain import Retrainer
 from pakit_stream.settings import Settings
 
@@ -95,3 +96,80 @@ def test_with_dp_on_the_network_hint_gives_the_setting_without_its_estimates():
         estimates = [v for a in answers for k, v in a.items() if k.startswith("expected_")]
         assert all(a["fanout"] for a in answers) and estimates
         assert all(v is None for v in estimates) == (epsilon > 0)
+
+
+def _k_anonymous_hints(k: int):
+    from pakit_stream.serving.hints import HintService
+
+    p = Pipeline(Settings(k_anonymity=k))
+    return p, HintService(p)
+
+
+def _ask_all(hints) -> dict[str, str]:
+    """The source of each hint, asked by a node that sent nothing ("node-z")."""
+    first = ev.block_hash(0)
+    peer = hints.peer(json.dumps({"node_id": "node-z", "available_peers": sorted(ev.PEER_MS),
+                                  "context": {"network_load": 0.2}}).encode())
+    network = hints.network(b'{"network_size": 100, "avg_latency_ms": 40, '
+                            b'"message_loss_rate": 0.01}')
+    codec = hints.compression(b'{"block_size": 65536, "node_id": "node-z"}')
+    prefetch = hints.prefetch(json.dumps({"node_id": "node-z",
+                                          "recent_accesses": [first]}).encode())
+    similar = hints.similar(ev.fingerprint(0)["block_hash"], 5)
+    return {"peer": peer["source"], "network": "fallback" if network["source"] == "fallback"
+            else "learned", "codec": codec["source"], "prefetch": prefetch["source"],
+            "similar": "learned" if similar["similar"] else "fallback"}
+
+
+def _feed(p, topic: str, message: bytes) -> None:
+    """Apply ``message`` as the next offset of ``topic``'s partition 0."""
+    p.handle(topic, 0, p.offsets.get(f"{topic}/0", 0), message)
+
+
+def _report(p, node: str) -> None:
+    """``node`` stores, reads (0, 1, ..., 6, 0, ...), fingerprints near-duplicates of one
+    block, fetches and gossips."""
+    _feed(p, "pakit.blocks", ev.pack([ev.stored(i, node) for i in range(300)]))
+    _feed(p, "pakit.access", ev.pack([ev.accessed(i, node) for i in range(300)]))
+    _feed(p, "pakit.fingerprints", ev.pack(
+        [ev.fingerprint(0, node)] + [ev.fingerprint(i, node, base=0, edits=4)
+                                     for i in range(1, 4)]))
+    _feed(p, "pakit.peers", ev.pack([ev.peer_fetch(i, node) for i in range(60)]))
+    _feed(p, "pakit.gossip", ev.pack([ev.gossip(i, node) for i in range(60)]))
+
+
+def test_with_k_anonymity_no_hint_reveals_what_fewer_than_k_nodes_reported():
+    p, hints = _k_anonymous_hints(1)
+    _report(p, "node-a")
+    assert set(_ask_all(hints).values()) == {"learned"}  # off: one node's reports serve
+
+    p, hints = _k_anonymous_hints(2)
+    _report(p, "node-a")
+    assert set(_ask_all(hints).values()) == {"fallback"}  # one node: nothing revealed
+    _report(p, "node-b")
+    assert set(_ask_all(hints).values()) == {"learned"}  # two nodes reported it all
+
+    # a block, peer or fingerprint only one node reported stays out of answers that others do
+    _feed(p, "pakit.access", ev.pack(
+        [dict(ev.accessed(i), node_id="node-c",
+              block_hash=ev.block_hash(0) if i % 2 == 0 else ev.block_hash(999))
+         for i in range(200)]))
+    named = hints.prefetch(json.dumps({"recent_accesses": [ev.block_hash(0)], "k": 10}).encode())
+    assert named["blocks"] and ev.block_hash(999) not in named["blocks"]
+    solo = dict(ev.peer_fetch(0, "node-c"), peer_id="peer-solo", latency_ms=0.1,
+                candidates=["peer-solo", "peer-fast"])
+    _feed(p, "pakit.peers", ev.pack([solo] * 50))
+    picks = {hints.peer(json.dumps({"node_id": "node-c", "available_peers":
+                                    ["peer-solo", "peer-fast"]}).encode())["peer_id"]
+             for _ in range(20)}
+    assert picks == {"peer-fast"}
+
+
+def test_crowds_forget_the_oldest_keys_past_their_capacity():
+    crowds = Crowds(k=2, capacity=2)
+    for key in ("a", "b", "c"):
+        crowds.add("read", key, "n1")
+        crowds.add("read", key, "n2")
+    assert not crowds.known("read", "a") and crowds.known("read", "c") and len(crowds) == 2
+    with pytest.raises(UsageError):
+        Crowds(k=0)

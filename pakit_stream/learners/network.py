@@ -50,7 +50,8 @@ from river import linear_model, stats
 from pakit_stream.base_model import ModelConfig, OnlineModel
 from pakit_stream.exceptions import UsageError
 
-__all__ = ["NetworkOptimizer", "FALLBACK_FANOUT", "FALLBACK_TTL", "ACTIONS", "mean_field"]
+__all__ = ["NetworkOptimizer", "FALLBACK_FANOUT", "FALLBACK_TTL", "ACTIONS", "mean_field",
+           "fallback_answer"]
 
 FALLBACK_FANOUT, FALLBACK_TTL = 6, 10
 _FANOUTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
@@ -72,6 +73,13 @@ _FLOOR = 0.5
 MAX_PER_NODE = 100.0
 #: the reward's bounds: what one round may add to a running mean (and its private release)
 REWARD_BOUNDS = (-11.0, 1.0)
+
+
+def fallback_answer() -> dict[str, Any]:
+    """The fixed rule's answer to a network hint: push, fanout 6, TTL 10, nothing expected."""
+    return {"mode": "push", "fanout": FALLBACK_FANOUT, "ttl": FALLBACK_TTL, "pull_rounds": 0,
+            "source": "fallback", "expected_coverage": None, "expected_payload_per_node": None,
+            "expected_control_per_node": None}
 
 
 def _band(value: float, edges: Sequence[float]) -> int:
@@ -337,9 +345,7 @@ class NetworkOptimizer(OnlineModel):
         action, so the learner keeps seeing what the others do. A request with a ``state``
         asks the guide's tabular Q-learner.
         """
-        answer = {"mode": "push", "fanout": FALLBACK_FANOUT, "ttl": FALLBACK_TTL,
-                  "pull_rounds": 0, "source": "fallback", "expected_coverage": None,
-                  "expected_payload_per_node": None, "expected_control_per_node": None}
+        answer = fallback_answer()
         if request.get("state") is not None:
             values = self._values(tuple(request["state"]))
             if values:

@@ -7,6 +7,12 @@ such a point and never awaits event processing. Each hint says where its answer 
 ``explore`` (gossip exploration) or ``fallback`` (random peer; push with fanout 6 / TTL 10; exact
 match only; nothing to prefetch).
 
+With ``PAKIT_STREAM_K_ANONYMITY=k`` > 1, a hint reveals nothing fewer than ``k`` distinct nodes
+reported (:class:`~pakit_stream.privacy.Crowds`): it names only blocks, objects and peers that
+many nodes read, fingerprinted or fetched from; a learned network or codec answer needs that
+many reporting nodes; and no answer draws on what the named node alone sent (its pair latencies,
+its codec costs, its cache profile), since any caller can name any node.
+
 >>> from pakit_stream.settings import Settings
 >>> from pakit_stream.pipeline import Pipeline
 >>> hints = HintService(Pipeline(Settings()))
@@ -21,6 +27,7 @@ pakit_stream.serving.hints.BadRequest: Expected `array` of length >= 1 - at `$.a
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from typing import TYPE_CHECKING, Annotated
@@ -31,6 +38,9 @@ from msgspec import Meta, Struct
 from pakit_stream.events.schema import BlockHash, ContextKey, Fraction, Identifier, Millis
 from pakit_stream.features import codec_features
 from pakit_stream.exceptions import InvalidEventError
+from pakit_stream.learners.codec import CodecChoice, heuristic_codec
+from pakit_stream.learners.network import fallback_answer
+from pakit_stream.learners.peers import PeerChoice
 from pakit_stream.specs import CODEC_MODEL, PREFETCH_MODEL
 
 if TYPE_CHECKING:
@@ -95,6 +105,7 @@ class HintService:
         self._latency = {h: m.hint_latency.labels(hint=h)
                          for h in ("peer", "network", "similar", "compression", "prefetch")}
         self._requests = m.hints
+        self._rng = random.Random()
 
     def _done(self, hint: str, source: str, started: float) -> None:
         self._requests.labels(hint=hint, source=source).inc()
@@ -115,9 +126,15 @@ class HintService:
         is the chosen peer's expected latency in ms for that node."""
         started = time.perf_counter()
         req = self._parse("peer", body, PeerHintRequest)
+        crowds, peers, node = self.pipeline.crowds, req.available_peers, req.node_id
+        if crowds is not None:  # pooled estimates of peers enough nodes fetched from
+            peers = [p for p in peers if crowds.known("peer", p)]
+            node = None
         try:
-            choice = self.pipeline.peers.select(req.available_peers, req.context,
-                                                req.block_size, req.node_id)
+            if peers:
+                choice = self.pipeline.peers.select(peers, req.context, req.block_size, node)
+            else:
+                choice = PeerChoice(self._rng.choice(req.available_peers), "fallback", None)
         except ValueError as exc:  # a context key outside the whitelist
             self._fail("peer", BadRequest(str(exc)))
         self._done("peer", choice.source, started)
@@ -130,9 +147,12 @@ class HintService:
         setting seen in few rounds ties to those rounds) are left out: ``None``."""
         started = time.perf_counter()
         req = self._parse("network", body, NetworkHintRequest)
-        answer = self.pipeline.network.predict(
-            {"network_size": req.network_size, "avg_latency_ms": req.avg_latency_ms,
-             "message_loss_rate": req.message_loss_rate}, explore=True)
+        if self._few("gossip"):
+            answer = fallback_answer()
+        else:
+            answer = self.pipeline.network.predict(
+                {"network_size": req.network_size, "avg_latency_ms": req.avg_latency_ms,
+                 "message_loss_rate": req.message_loss_rate}, explore=True)
         if self.pipeline.settings.dp_epsilon > 0:
             answer.update({k: None for k in answer if k.startswith("expected_")})
         self._done("network", answer["source"], started)
@@ -159,10 +179,12 @@ class HintService:
                 min_jaccard = -1.0
             if not 0 < min_jaccard <= 1:  # also refuses nan
                 self._fail("similar", BadRequest("min_jaccard must be a number in (0, 1]"))
-        dedup = self.pipeline.dedup
-        if block_hash in dedup:
+        dedup, crowds = self.pipeline.dedup, self.pipeline.crowds
+        if block_hash in dedup and not self._few("fingerprint", block_hash):
             similar = dedup.find_similar_blocks(block_hash, k, min_jaccard)
             self.pipeline.metrics.lsh_query.observe(dedup.last_query_seconds)
+            if crowds is not None:
+                similar = [s for s in similar if crowds.known("fingerprint", s["block_hash"])]
             source = "learned"
         else:  # never fingerprinted: all we can say is that the block is identical to itself
             similar, source = [], "fallback"
@@ -183,7 +205,12 @@ class HintService:
             features = codec_features(req.block_size, req.block_depth, req.entropy,
                                       req.parent_count, req.probe_ratio)
         net = self._arm(CODEC_MODEL, req.node_id) or self.pipeline.codec_model
-        choice = codec.choose(req.block_size, req.node_id, req.probe_ratio, features, net)
+        if self._few("codec"):
+            choice = CodecChoice(heuristic_codec(req.block_size), "fallback", False, 0.0,
+                                 "fallback")
+        else:  # with k-anonymity on, pooled costs only: not the named node's own
+            node = None if self.pipeline.crowds is not None else req.node_id
+            choice = codec.choose(req.block_size, node, req.probe_ratio, features, net)
         answer = {"algorithm": choice.algorithm, "expert": choice.expert,
                   "probe_used": choice.probed,
                   "probe_recommended": codec.reads_probe(req.block_size),
@@ -205,19 +232,30 @@ class HintService:
         req = self._parse("prefetch", body, PrefetchHintRequest)
         prefetcher = self.pipeline.prefetcher
         net = self._arm(PREFETCH_MODEL, req.node_id) or prefetcher.net
+        crowds, cache = self.pipeline.crowds, req.cache_blocks
+        if crowds is not None:
+            cache = None  # the named node's cache profile is its own
         picks = prefetcher.predict({"node_id": req.node_id, "k": req.k,
                                     "recent_accesses": req.recent_accesses,
-                                    "cache_blocks": req.cache_blocks, "net": net})
+                                    "cache_blocks": cache, "net": net})
+        if crowds is not None:
+            picks = [p for p in picks if (p.block_hash is None or crowds.known("read", p.block_hash))
+                     and (p.object_id is None or crowds.known("object", p.object_id))]
         answer = {"blocks": [p.block_hash for p in picks if p.block_hash],
                   "positions": [{"object_id": p.object_id, "chunk_index": p.chunk_index}
                                 for p in picks if not p.block_hash],
                   "proposals": [p.as_dict() for p in picks],
-                  "threshold": round(prefetcher.threshold(req.node_id, req.cache_blocks), 6),
+                  "threshold": round(prefetcher.threshold(req.node_id, cache), 6),
                   "source": "learned" if picks else "fallback",
                   "model_version": net.version if any(p.source == "net" for p in picks)
                   else None}
         self._done("prefetch", answer["source"], started)
         return answer
+
+    def _few(self, space: str, key: str = "-") -> bool:
+        """Whether k-anonymity is on and fewer than k nodes reported ``key`` in ``space``."""
+        crowds = self.pipeline.crowds
+        return crowds is not None and not crowds.known(space, key)
 
     def _arm(self, name: str, node_id: str | None):
         """The canary's model when ``node_id`` is in a running canary's share of ``name``,
