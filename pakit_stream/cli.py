@@ -75,6 +75,22 @@ def cmd_demo(args) -> int:
                     web_port=args.web_port)
 
 
+def cmd_experiment(args) -> int:
+    from pakit_stream.experiment import check, load_workload, run_experiment
+
+    _logging("warning")
+    check(args.nodes, args.blocks)
+    slices = int(args.seconds / args.slice_seconds) + 2
+    workload = load_workload(args.trace, args.format, args.rtt, args.unit, args.files,
+                             column=args.column, max_accesses=args.max_accesses,
+                             max_slices=slices, max_blocks=args.max_blocks, seed=args.seed)
+    run_experiment(workload, seconds=args.seconds, nodes=args.nodes, out=args.out,
+                   data_dir=args.data_dir, metrics_port=args.metrics_port,
+                   hint_timeout=args.hint_timeout_ms / 1e3, cache_blocks=args.cache_blocks,
+                   blocks=args.blocks, seed=args.seed, slice_seconds=args.slice_seconds)
+    return 0
+
+
 def replay_source(args):
     """``(event_type, JSON bytes)`` pairs for ``replay``'s SOURCE, by ``--kind``."""
     from itertools import islice
@@ -271,6 +287,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, help="model store (default: a temporary folder)")
     demo.add_argument("--web-port", type=int, default=0, help="daemon HTTP port (0: a free one)")
     demo.set_defaults(func=cmd_demo)
+
+    exp = sub.add_parser("experiment", help="nodes acting on hints against a control group, "
+                         "on real workloads, live")
+    exp.add_argument("--seconds", type=float, default=300.0, help="how long the nodes run")
+    exp.add_argument("--nodes", type=int, default=8, help="nodes, an even number (half treated)")
+    exp.add_argument("--out", type=Path, default=Path("experiment-results"),
+                     help="folder for results.json, timeline.json, report.md, over_time.png")
+    exp.add_argument("--trace", type=Path, help="block access trace (default: ../shared/data's "
+                     "CloudPhysics trace, else a synthetic one over local files)")
+    exp.add_argument("--format", choices=TRACE_FORMATS, help="format of --trace")
+    exp.add_argument("--column", default="lbn", help="block-number column of a CSV trace")
+    exp.add_argument("--rtt", type=Path, help="RTT matrices: directory or tar of NAME_t files "
+                     "(default: ../shared/data's Seattle set, else a synthetic matrix)")
+    exp.add_argument("--unit", choices=["s", "ms"], help="unit of --rtt")
+    exp.add_argument("--files", type=Path, help="files cut into stored blocks (default: "
+                     "../shared/data/corpora, else Python's stdlib)")
+    exp.add_argument("--max-accesses", type=int, default=200_000, help="trace accesses read")
+    exp.add_argument("--max-blocks", type=int, default=600, help="distinct stored blocks")
+    exp.add_argument("--cache-blocks", type=int,
+                     help="each node's LRU cache (default: 1%% of its trace segment's blocks)")
+    exp.add_argument("--hint-timeout-ms", type=float, default=50.0, help="the nodes' deadline")
+    exp.add_argument("--slice-seconds", type=float, default=1.0,
+                     help="seconds per RTT time slice")
+    exp.add_argument("--blocks", type=int, default=5, help="time blocks of the intervals (>= 3)")
+    exp.add_argument("--metrics-port", type=int, default=6067,
+                     help="live outcomes on this port's /metrics (0: any free port)")
+    exp.add_argument("--data-dir", type=Path, help="daemon and spools (default: a temporary folder)")
+    exp.add_argument("--seed", type=int, default=0)
+    exp.set_defaults(func=cmd_experiment)
 
     replay = sub.add_parser("replay", help="publish real workloads (or a JSONL file) as telemetry")
     replay.add_argument("source", type=Path, help="file, directory or archive to replay")

@@ -201,9 +201,10 @@ def _network(network_size=None, avg_latency_ms=0.0, message_loss_rate=0.0, node_
             "message_loss_rate": message_loss_rate, "node_id": node_id}
 
 
-def _prefetch(node_id=None, recent_accesses=(), k=5, cache_blocks=None):
+def _prefetch(node_id=None, recent_accesses=(), k=5, cache_blocks=None, object_id=None,
+              chunk_index=None):
     return {"node_id": node_id, "recent_accesses": list(recent_accesses) or None, "k": k,
-            "cache_blocks": cache_blocks}
+            "cache_blocks": cache_blocks, "object_id": object_id, "chunk_index": chunk_index}
 
 
 def _similar(block_hash, top_k=5, min_jaccard=None):
@@ -253,9 +254,12 @@ class HintClient(_Core):
         return self._ask("compression", {"block_size": block_size, **features})
 
     def prefetch(self, node_id: str | None = None, recent_accesses=(), k: int = 5,
-                 cache_blocks: int | None = None) -> dict:
-        """``{blocks, positions, proposals, threshold, source, ...}``: what to prefetch."""
-        return self._ask("prefetch", _prefetch(node_id, recent_accesses, k, cache_blocks))
+                 cache_blocks: int | None = None, object_id: str | None = None,
+                 chunk_index: int | None = None) -> dict:
+        """``{blocks, positions, proposals, threshold, source, ...}``: what to prefetch
+        (after ``(object_id, chunk_index)``, the node's newest read, when given)."""
+        return self._ask("prefetch", _prefetch(node_id, recent_accesses, k, cache_blocks,
+                                               object_id, chunk_index))
 
     def similar(self, block_hash: str, top_k: int = 5, min_jaccard: float | None = None) -> dict:
         """``{block_hash, similar: [{block_hash, jaccard}], source}``."""
@@ -308,8 +312,10 @@ class AsyncHintClient(_Core):
     async def compression(self, block_size: int, **features) -> dict:
         return await self._ask("compression", {"block_size": block_size, **features})
 
-    async def prefetch(self, node_id=None, recent_accesses=(), k=5, cache_blocks=None) -> dict:
-        return await self._ask("prefetch", _prefetch(node_id, recent_accesses, k, cache_blocks))
+    async def prefetch(self, node_id=None, recent_accesses=(), k=5, cache_blocks=None,
+                       object_id=None, chunk_index=None) -> dict:
+        return await self._ask("prefetch", _prefetch(node_id, recent_accesses, k, cache_blocks,
+                                                     object_id, chunk_index))
 
     async def similar(self, block_hash: str, top_k: int = 5, min_jaccard=None) -> dict:
         return await self._ask("similar", _similar(block_hash, top_k, min_jaccard))

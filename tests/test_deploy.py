@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pakit_stream.cli import build_parser as parser
+from pakit_stream.experiment import LiveMetrics
 from pakit_stream.metrics import Metrics
 from pakit_stream.settings import Settings
 
@@ -29,8 +31,9 @@ SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",), "info": ("_info",
 def exported() -> set[str]:
     """Every series name the daemon's registry can expose."""
     names = set()
-    for family in Metrics().registry.collect():
-        names.update(family.name + s for s in SUFFIXES[family.type])
+    for registry in (Metrics().registry, LiveMetrics(None).registry):
+        for family in registry.collect():
+            names.update(family.name + s for s in SUFFIXES[family.type])
     return names
 
 
@@ -81,8 +84,10 @@ def test_promtool_checks_the_config_and_rules_and_the_alerts_fire():
 
 def test_prometheus_scrapes_the_daemon_where_compose_runs_it():
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    (job,) = config["scrape_configs"]
+    job, experiment = config["scrape_configs"]
     assert job["static_configs"][0]["targets"] == [f"pakit-stream:{Settings().web_port}"]
+    assert experiment["static_configs"][0]["targets"] == ["host.docker.internal:6067"]
+    assert parser().parse_args(["experiment"]).metrics_port == 6067
     assert config["rule_files"] == ["alerts.yml"]
 
 

@@ -1,4 +1,5 @@
 import copy
+import json
 import math
 import random
 
@@ -413,12 +414,27 @@ def test_gossip_choice_weighs_every_action_as_expect_does():
     opt = NetworkOptimizer(epsilon=0.0)
     _logged_rounds(opt, 600, sizes=(50, 200, 1000), losses=(0.0, 0.1))
     goal = math.log10(1 - opt.coverage_target)
-    for n, loss in ((80, 0.0), (300, 0.05), (3000, 0.1)):
+    for n, loss in ((80, 0.0), (300, 0.05), (1500, 0.1)):
         scored = [(opt.expect(n, 50.0, loss, a), a) for a in opt.actions]
         feasible = [(e["cost_per_node"], a) for e, a in scored if e["log10_shortfall_bound"] <= goal]
         want = min(feasible)[1] if feasible else min(
             (e["log10_shortfall"], a) for e, a in scored)[1]
         assert opt._choose(n, 50.0, loss)[0] == want
+
+
+def test_gossip_learner_answers_only_near_networks_it_has_seen():
+    """A mode's models extrapolate badly far from their data: a network four times larger
+    than any seen gets the fixed rule, and exploring never picks a setting the models expect
+    to fall short there."""
+    opt = NetworkOptimizer(epsilon=0.0)
+    _logged_rounds(opt, 600, sizes=(50, 100), losses=(0.0, 0.02))
+    ask = {"avg_latency_ms": 50.0, "message_loss_rate": 0.02}
+    assert opt.predict({"network_size": 150, **ask})["source"] == "learned"
+    assert opt.predict({"network_size": 800, **ask})["source"] == "fallback"
+    goal = math.log10(1 - opt.coverage_target)
+    for _ in range(30):
+        action = opt._explore(100, 50.0, 0.02)
+        assert opt.expect(100, 50.0, 0.02, action)["log10_shortfall"] <= goal
 
 
 def test_gossip_learner_falls_back_until_it_has_seen_enough_rounds():
@@ -432,7 +448,7 @@ def test_gossip_learner_falls_back_until_it_has_seen_enough_rounds():
 
 
 def test_exploration_rate_is_respected():
-    opt = NetworkOptimizer(epsilon=0.5, seed=1, min_rounds=1)
+    opt = NetworkOptimizer(epsilon=0.5, seed=1, min_rounds=1, min_support=1)
     opt.learn_round(100, 20.0, 0.0, 3, 5, 1.0, 300)
     sources = [opt.predict({"network_size": 100}, explore=True)["source"] for _ in range(400)]
     assert 0.4 < sources.count("explore") / 400 < 0.6
@@ -683,6 +699,28 @@ def test_prefetcher_follows_a_stride_and_names_hashes_it_has_seen():
     assert [x.chunk_index for x in picks] == [1033, 1036]
     assert picks[0].block_hash == _h(1033)  # read before: its hash is known
     assert all(x.confidence >= p.min_confidence for x in picks)
+
+
+def test_prefetch_proposals_continue_from_the_position_the_node_gives():
+    """A node's telemetry reaches the learner after it asks: proposals continue its stream
+    from where it says it reads now, through the hint API too."""
+    from pakit_stream.pipeline import Pipeline
+    from pakit_stream.serving.hints import BadRequest, HintService
+    from pakit_stream.settings import Settings
+
+    p, obj = Prefetcher(), "ab" * 32
+    for i in range(200):
+        _read(p, "n", 1000 + 3 * (i % 50), obj)
+    assert 1150 in [x.chunk_index for x in p.propose("n", k=2)]  # after 1147 (seen last)
+    assert [x.chunk_index for x in p.propose("n", k=2, position=(obj, 1060))] == [1063, 1066]
+    pipeline = Pipeline(Settings())
+    pipeline.prefetcher = p
+    hints = HintService(pipeline)
+    ask = {"node_id": "n", "k": 2, "object_id": obj, "chunk_index": 1060}
+    answer = hints.prefetch(json.dumps(ask).encode())
+    assert [x["chunk_index"] for x in answer["proposals"]] == [1063, 1066]
+    with pytest.raises(BadRequest, match="come together"):
+        hints.prefetch(json.dumps({"node_id": "n", "chunk_index": 3}).encode())
 
 
 def test_prefetcher_continues_interleaved_sequential_runs():

@@ -166,7 +166,7 @@ class NetworkOptimizer(OnlineModel):
     def __init__(self, model_config: ModelConfig | None = None, *, alpha: float = 0.05,
                  gamma: float = 0.0, message_cost: float = 0.01, coverage_target: float = 0.995,
                  miss_penalty: float = 1.0, confidence: float = 1.0, epsilon: float = 0.1,
-                 control_cost: float = 0.1, min_rounds: int = 50,
+                 control_cost: float = 0.1, min_rounds: int = 50, min_support: int = 20,
                  fanouts: Sequence[int] = _FANOUTS, ttls: Sequence[int] = _TTLS,
                  actions: Sequence[tuple] = ACTIONS, seed: int | None = None) -> None:
         super().__init__(model_config)
@@ -174,6 +174,7 @@ class NetworkOptimizer(OnlineModel):
         self.message_cost, self.epsilon = message_cost, epsilon
         self.coverage_target, self.miss_penalty = coverage_target, miss_penalty
         self.confidence, self.control_cost, self.min_rounds = confidence, control_cost, min_rounds
+        self.min_support = min_support
         self.fanouts, self.ttls = tuple(sorted(fanouts)), tuple(sorted(ttls))
         self.actions = tuple(actions)
         # the guide's episodes: a tabular Q-learner over abstract states
@@ -187,6 +188,10 @@ class NetworkOptimizer(OnlineModel):
                          for m in _MODES}
         self._residual = {m: stats.Var() for m in _MODES}
         self.rounds = {m: 0 for m in _MODES}
+        #: rounds learned per (mode, size band, loss band): a mode is chosen for a network
+        #: only where it was seen ``min_support`` times nearby (its models extrapolate
+        #: badly far from their data; :meth:`_supported`)
+        self._support: dict[tuple[str, int, int], int] = {}
         self._answers: dict[tuple, tuple[tuple, dict[str, float]]] = {}
         self._answered_at = 0
         self._rng = random.Random(seed)
@@ -251,10 +256,21 @@ class NetworkOptimizer(OnlineModel):
         sent = min(messages_sent / n, MAX_PER_NODE)
         self._payload[mode].learn_one(x_pay, sent)
         self.rounds[mode] += 1
+        cell = self._cell(mode, n, message_loss_rate)
+        self._support[cell] = self._support.get(cell, 0) + 1
         self.n_updates += 1
         low, high = REWARD_BOUNDS
         control = min(control_messages / n, MAX_PER_NODE)
         return min(max(self.reward(coverage, sent * n, n, control * n), low), high)
+
+    @staticmethod
+    def _cell(mode: str, n: int, loss: float) -> tuple[str, int, int]:
+        return mode, min(int(math.log2(max(n, 1))), 24), _band(loss, _LOSS_BANDS)
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_support", None)  # checkpoints from before support was counted
+        state.setdefault("min_support", 0)
+        self.__dict__.update(state)
 
     def learn_record(self, record: Mapping[str, Any]) -> None:
         if "state" in record:  # the guide's episodes: {'state', 'action', 'reward'[, 'next_state']}
@@ -283,29 +299,35 @@ class NetworkOptimizer(OnlineModel):
                 log_short + self.confidence * spread, "payload_per_node": payload,
                 "control_per_node": control, "cost_per_node": payload + self.control_cost * control}
 
+    def _predicted(self, mode: str, n: int, avg_latency_ms: float, loss: float):
+        """``(actions, log10 shortfall, its spread, cost per node)`` of every action of
+        ``mode``: :meth:`expect` for all of them at once, in numpy."""
+        acts = [a for a in self.actions if a[0] == mode]
+        fanout = np.array([a[1] for a in acts], dtype=float)
+        ttl = np.array([a[2] for a in acts])
+        pull = np.array([a[3] if mode == "push-pull" else 0 for a in acts])
+        short, payload = _mean_field_many(n, loss, fanout, ttl, pull)
+        x_short, x_pay = (np.column_stack(np.broadcast_arrays(*cols)) for cols in
+                          _columns(n, avg_latency_ms, loss, fanout, pull, short, payload))
+        log_short = x_short @ _weights(self._shortfall[mode], _SHORT_FEATURES)
+        spread = math.sqrt(self._residual[mode].get()) if self.rounds[mode] > 20 else 1.0
+        paid = np.maximum(x_pay @ _weights(self._payload[mode], _PAYLOAD_FEATURES), 0.0)
+        control = 2.0 * pull if mode == "push-pull" else np.zeros(len(acts))
+        return acts, log_short, spread, paid + self.control_cost * control
+
     def _choose(self, network_size: int, avg_latency_ms: float, loss: float
-                ) -> tuple[tuple, dict[str, float]]:
+                ) -> tuple[tuple, dict[str, float]] | None:
         """The cheapest action predicted to reach the target (else the surest), with what is
-        expected of it: :meth:`expect` for every action at once, in numpy."""
+        expected of it; ``None`` when no mode was seen enough in networks like this one."""
         goal = math.log10(max(1.0 - self.coverage_target, 1e-9))
         n = max(int(network_size), 1)
         best = fallback = None
         for mode in _MODES:
-            idx = [i for i, a in enumerate(self.actions) if a[0] == mode]
-            if not self.rounds[mode] or not idx:
+            if not self.rounds[mode] or not self._supported(mode, n, loss):
                 continue
-            acts = [self.actions[i] for i in idx]
-            fanout = np.array([a[1] for a in acts], dtype=float)
-            ttl = np.array([a[2] for a in acts])
-            pull = np.array([a[3] if mode == "push-pull" else 0 for a in acts])
-            short, payload = _mean_field_many(n, loss, fanout, ttl, pull)
-            x_short, x_pay = (np.column_stack(np.broadcast_arrays(*cols)) for cols in
-                              _columns(n, avg_latency_ms, loss, fanout, pull, short, payload))
-            log_short = x_short @ _weights(self._shortfall[mode], _SHORT_FEATURES)
-            spread = (math.sqrt(self._residual[mode].get()) if self.rounds[mode] > 20 else 1.0)
-            paid = np.maximum(x_pay @ _weights(self._payload[mode], _PAYLOAD_FEATURES), 0.0)
-            control = 2.0 * pull if mode == "push-pull" else np.zeros(len(acts))
-            cost = paid + self.control_cost * control
+            acts, log_short, spread, cost = self._predicted(mode, n, avg_latency_ms, loss)
+            if not acts:
+                continue
             ok = log_short + self.confidence * spread <= goal
             if ok.any():
                 i = int(np.flatnonzero(ok)[np.argmin(cost[ok])])
@@ -315,8 +337,32 @@ class NetworkOptimizer(OnlineModel):
                 i = int(np.argmin(log_short))
                 if fallback is None or log_short[i] < fallback[1]:
                     fallback = (acts[i], float(log_short[i]))
+        if best is None and fallback is None:
+            return None
         action = (best or fallback)[0]
         return action, self.expect(n, avg_latency_ms, loss, action)
+
+    def _supported(self, mode: str, n: int, loss: float) -> bool:
+        """Whether ``mode`` was seen ``min_support`` times in networks like this one: its
+        size band (powers of two) or the next, its loss band or the next."""
+        if self._support is None:  # an older checkpoint's learner
+            return True
+        _, size, lossy = self._cell(mode, n, loss)
+        seen = sum(self._support.get((mode, size + i, lossy + j), 0)
+                   for i in (-1, 0, 1) for j in (-1, 0, 1))
+        return seen >= self.min_support
+
+    def _explore(self, n: int, avg_latency_ms: float, loss: float) -> tuple:
+        """An exploring action: drawn among those the models expect to reach the coverage
+        target here (exploring costs the node that acts on it: never one expected to fall
+        short), else among all."""
+        goal = math.log10(max(1.0 - self.coverage_target, 1e-9))
+        plausible = []
+        for mode in _MODES:
+            if self.rounds[mode]:
+                acts, log_short, _, _ = self._predicted(mode, n, avg_latency_ms, loss)
+                plausible += [a for a, v in zip(acts, log_short) if v <= goal]
+        return self._rng.choice(plausible or self.actions)
 
     def _values(self, state: Hashable) -> dict[tuple[int, int], tuple[float, float]]:
         """``action -> (lower confidence bound, mean)`` in ``state``, or in its back-off."""
@@ -354,13 +400,13 @@ class NetworkOptimizer(OnlineModel):
             return answer
         if sum(self.rounds.values()) < self.min_rounds:
             return answer
-        if explore and self._rng.random() < self.epsilon:
-            mode, fanout, ttl, pull = self._rng.choice(self.actions)
-            answer.update(mode=mode, fanout=fanout, ttl=ttl, pull_rounds=pull, source="explore")
-            return answer
         n = max(int(request.get("network_size") or 1), 1)
         latency = float(request.get("avg_latency_ms", 0.0))
         loss = float(request.get("message_loss_rate", 0.0))
+        if explore and self._rng.random() < self.epsilon:
+            mode, fanout, ttl, pull = self._explore(n, latency, loss)
+            answer.update(mode=mode, fanout=fanout, ttl=ttl, pull_rounds=pull, source="explore")
+            return answer
         # answers are kept per (size, latency, loss) until the models have moved on
         key = (round(math.log2(n), 1), round(latency, -1), round(loss, 3))
         if self.n_updates - self._answered_at >= 100:
@@ -371,6 +417,8 @@ class NetworkOptimizer(OnlineModel):
             if len(self._answers) >= 4096:
                 self._answers.clear()
             cached = self._answers[key] = self._choose(n, latency, loss)
+        if cached is None:  # no mode was seen enough in networks like this one
+            return answer
         (mode, fanout, ttl, pull), e = cached
         answer.update(mode=mode, fanout=fanout, ttl=ttl, pull_rounds=pull, source="learned",
                       expected_coverage=round(max(0.0, 1.0 - 10 ** e["log10_shortfall"]), 6),

@@ -301,12 +301,12 @@ class Prefetcher(OnlineModel):
         read, seen = self._calibration.get(source, (0.0, 0.0))
         return (read + 0.5) / (seen + 5.0)  # a weak prior of 10%
 
-    def _candidates(self, node_id: str, k: int,
-                    net=None) -> dict[Any, tuple[Proposal, list[tuple]]]:
-        """Every proposal after the node's last read, by key (its position when known, else
-        its hash), with the buckets it falls in (unranked); ``net`` stands in for the step
-        net."""
-        last = self._last.get(node_id)
+    def _candidates(self, node_id: str, k: int, net=None, at: tuple | None = None
+                    ) -> dict[Any, tuple[Proposal, list[tuple]]]:
+        """Every proposal after the node's last read (or after ``at``, ``(hash, object,
+        index)``), by key (its position when known, else its hash), with the buckets it falls
+        in (unranked); ``net`` stands in for the step net."""
+        last = at or self._last.get(node_id)
         if last is None:
             return {}
         block_hash, object_id, index = last
@@ -377,12 +377,20 @@ class Prefetcher(OnlineModel):
         return self.min_confidence if cost is None else cost
 
     def propose(self, node_id: str, k: int = 5, cache_blocks: int | None = None,
-                net=None) -> list[Proposal]:
+                net=None, position: tuple[str, int] | None = None) -> list[Proposal]:
         """The ``k`` most confident proposals after the node's last read, most confident
         first, each at least :meth:`threshold` (for a cache of ``cache_blocks``). ``net``, when
         given, proposes in place of the attached step net (a canary's arm,
-        :mod:`pakit_stream.canary`); its proposals are scored in the net's buckets."""
-        if net is not None and net is not self.net:
+        :mod:`pakit_stream.canary`); its proposals are scored in the net's buckets.
+
+        ``position``, ``(object_id, chunk_index)``, is where the node reads now, when the
+        node says so: its telemetry reaches this learner later than it asks, so the
+        proposals continue its stream from there rather than from the last read seen."""
+        last = self._last.get(node_id)
+        if position is not None and (last is None or tuple(position) != last[1:]):
+            at = (self._hash_at.get(tuple(position)), *position)
+            candidates = self._candidates(node_id, self.max_k, net, at)
+        elif net is not None and net is not self.net:
             candidates = self._candidates(node_id, self.max_k, net)
         elif (candidates := self._cached.get(node_id)) is None:
             candidates = self._candidates(node_id, self.max_k)
@@ -413,15 +421,16 @@ class Prefetcher(OnlineModel):
         return False
 
     def predict(self, request: Mapping[str, Any]) -> list[Proposal]:
-        """``{node_id, k, cache_blocks, net}``: :meth:`propose` for a node whose reads this
-        learner has seen (``cache_blocks``, optional, is the size of the node's cache in blocks;
-        ``net``, optional, a step net in place of the attached one). For a node it has not
+        """``{node_id, k, cache_blocks, net, position}``: :meth:`propose` for a node whose
+        reads this learner has seen (``cache_blocks``, optional, is the size of the node's cache
+        in blocks; ``net``, optional, a step net in place of the attached one; ``position``,
+        optional, the node's newest read ``(object_id, chunk_index)``). For a node it has not
         seen, ``recent_accesses`` (hashes, most recent last) asks the successor table alone."""
         node, k = request.get("node_id"), int(request.get("k", 5))
         cache = request.get("cache_blocks")
         if node is not None and self.knows(node):
             return self.propose(node, k, None if cache is None else int(cache),
-                                request.get("net"))
+                                request.get("net"), request.get("position"))
         recent = request.get("recent_accesses") or []
         if not recent:
             return []

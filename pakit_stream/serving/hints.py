@@ -83,10 +83,14 @@ class PrefetchHintRequest(Struct, forbid_unknown_fields=True):
     recent_accesses: Annotated[list[BlockHash], Meta(max_length=64)] = []
     k: Annotated[int, Meta(ge=1, le=100)] = 5
     cache_blocks: Annotated[int, Meta(ge=1, le=1 << 40)] | None = None
+    object_id: BlockHash | None = None
+    chunk_index: Annotated[int, Meta(ge=0, le=1 << 62)] | None = None
 
     def __post_init__(self):
         if self.node_id is None and not self.recent_accesses:
             raise InvalidEventError("give node_id, recent_accesses, or both")
+        if (self.object_id is None) != (self.chunk_index is None):
+            raise InvalidEventError("object_id and chunk_index come together")
 
 
 def _decode(body: bytes, kind):
@@ -220,9 +224,11 @@ class HintService:
         return answer
 
     def prefetch(self, body: bytes) -> dict:
-        """``{node_id, recent_accesses, k, cache_blocks}`` → ``{blocks, positions, proposals,
-        threshold, model_version, source}``: the prefetch learner's most confident proposals
-        after the node's last read (:class:`~pakit_stream.learners.prefetch.Prefetcher`; for a
+        """``{node_id, recent_accesses, k, cache_blocks, object_id?, chunk_index?}`` →
+        ``{blocks, positions, proposals, threshold, model_version, source}``: the prefetch
+        learner's most confident proposals after the node's last read (after ``(object_id,
+        chunk_index)`` when the node gives the position it reads now: its telemetry arrives
+        later than its question) (:class:`~pakit_stream.learners.prefetch.Prefetcher`; for a
         node it has not seen, the successors of the last of ``recent_accesses``). With
         ``cache_blocks`` (the node's LRU cache size in blocks), the confidence threshold is what a
         prefetch costs that cache, learned from the node's reads (``threshold``). ``blocks`` are the proposals whose
@@ -235,9 +241,10 @@ class HintService:
         crowds, cache = self.pipeline.crowds, req.cache_blocks
         if crowds is not None:
             cache = None  # the named node's cache profile is its own
+        position = None if req.object_id is None else (req.object_id, req.chunk_index)
         picks = prefetcher.predict({"node_id": req.node_id, "k": req.k,
                                     "recent_accesses": req.recent_accesses,
-                                    "cache_blocks": cache, "net": net})
+                                    "cache_blocks": cache, "net": net, "position": position})
         if crowds is not None:
             picks = [p for p in picks if (p.block_hash is None or crowds.known("read", p.block_hash))
                      and (p.object_id is None or crowds.known("object", p.object_id))]
