@@ -75,6 +75,10 @@ class Daemon:
             consumer_max_fetch_size=max(s.max_message_bytes, 4 << 20),
             stream_buffer_maxsize=s.stream_buffer_messages,
             web_enabled=True,
+            # Faust's /router/ (the group's assignment) and /table/ are no part of the API
+            # (serving.api.ROUTES); its index "/" ({"status": "OK"}) has no switch
+            web_router_enabled=False,
+            web_tables_enabled=False,
             web_bind=s.web_host,
             web_host=s.web_host,
             web_port=s.web_port,

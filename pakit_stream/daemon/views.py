@@ -1,4 +1,5 @@
-"""The HTTP API: hints, health, metrics and the admin endpoints.
+"""The HTTP API: hints, health, metrics, the admin endpoints and ``/openapi.json``, installed
+from the route table of :mod:`pakit_stream.serving.api`.
 
 A hint about a node another worker owns (its partition of the topic that carries its reads or
 fetches is assigned elsewhere) is forwarded to that worker, whose learners saw the node's
@@ -16,8 +17,10 @@ import msgspec
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
-from pakit_stream.exceptions import PakitStreamError
+from pakit_stream import __version__
+from pakit_stream.exceptions import DaemonError, PakitStreamError
 from pakit_stream.routing import FORWARDED, HINT_TOPICS, owner_of
+from pakit_stream.serving.api import ROUTES, GateParams, openapi
 from pakit_stream.serving.hints import BadRequest
 from pakit_stream.specs import SPECS
 
@@ -94,18 +97,24 @@ def install(daemon: Daemon) -> None:
         except BadRequest as exc:
             return view.json({"error": exc.reason}, status=400)
 
-    @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
             return self.json(hints.health())
 
-    @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
             # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway
             return self.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
 
-    def posted_hint(kind: str, call):
+    document = openapi(__version__)
+
+    class OpenAPI(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(document)
+
+    def posted_hint(kind: str):
+        call = getattr(hints, kind)
+
         class Hint(View):
             async def post(self, request: Request) -> Response:
                 body = await request.read()
@@ -113,38 +122,48 @@ def install(daemon: Daemon) -> None:
                 return answer(self, call, body) if owners is None else owners
         return Hint
 
-    for kind in ("peer", "network", "compression", "prefetch"):  # POST {JSON body}
-        app.page(f"/v1/hints/{kind}", name=f"hint_{kind}")(posted_hint(kind,
-                                                                        getattr(hints, kind)))
+    class SimilarHint(View):
+        async def get(self, request: Request, block_hash: str) -> Response:
+            return answer(self, hints.similar, block_hash, request.query.get("top_k", "5"),
+                          request.query.get("min_jaccard"))
 
-    @app.page("/v1/admin/models/{name}/gate/{version}")
-    class AdminGate(View):
-        async def post(self, request: Request, name: str, version: str) -> Response:
+    class Rollback(View):
+        async def post(self, request: Request, name: str) -> Response:
             if (error := refused(self, request, name)) is not None:
                 return error
-            try:
-                gain = request.query.get("min_gain")
-                return self.json(await retrainer.gate_candidate(
-                    name, version, None if gain is None else float(gain)))
-            except (ValueError, PakitStreamError) as exc:
-                return self.json({"error": str(exc)}, status=409)
-
-    @app.page("/v1/admin/models/{name}/{action}")
-    class Admin(View):
-        async def post(self, request: Request, name: str, action: str) -> Response:
-            if (error := refused(self, request, name)) is not None:
-                return error
-            if action not in ("rollback", "retrain"):
-                return self.json({"error": f"unknown action {action}"}, status=404)
-            if action == "retrain":
-                return self.json(await retrainer.retrain("admin", name))
             try:
                 return self.json({"name": name, "serving": retrainer.rollback(name)})
             except (ValueError, PakitStreamError) as exc:
                 return self.json({"error": str(exc)}, status=409)
 
-    @app.page("/v1/hints/similar/{block_hash}")
-    class SimilarHint(View):
-        async def get(self, request: Request, block_hash: str) -> Response:
-            return answer(self, hints.similar, block_hash, request.query.get("top_k", "5"),
-                          request.query.get("min_jaccard"))
+    class Retrain(View):
+        async def post(self, request: Request, name: str) -> Response:
+            if (error := refused(self, request, name)) is not None:
+                return error
+            return self.json(await retrainer.retrain("admin", name))
+
+    class Gate(View):
+        async def post(self, request: Request, name: str, version: str) -> Response:
+            if (error := refused(self, request, name)) is not None:
+                return error
+            try:  # the route's parameters, as the OpenAPI document describes them
+                gate = msgspec.convert({**request.query, **request.match_info}, GateParams,
+                                       strict=False)
+            except msgspec.MsgspecError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            try:
+                return self.json(await retrainer.gate_candidate(name, gate.version,
+                                                                gate.min_gain))
+            except (ValueError, PakitStreamError) as exc:
+                return self.json({"error": str(exc)}, status=409)
+
+    views = {"health": Health, "metrics": Metrics, "openapi": OpenAPI,
+             **{f"hint_{kind}": posted_hint(kind)
+                for kind in ("peer", "network", "compression", "prefetch")},
+             "hint_similar": SimilarHint, "admin_rollback": Rollback, "admin_retrain": Retrain,
+             "admin_gate": Gate}
+    # installed from the table the OpenAPI document is made from: the two cannot differ
+    if views.keys() != {route.name for route in ROUTES}:
+        raise DaemonError(f"views {sorted(views)} differ from serving.api.ROUTES")
+    for route in ROUTES:
+        app.page(route.path, name=route.name)(views[route.name])

@@ -1,4 +1,5 @@
-"""Serving: hints to nodes, in process and over HTTP (:mod:`pakit_stream.serving.hints`), and
+"""Serving: hints to nodes, in process and over HTTP (:mod:`pakit_stream.serving.hints`), the
+HTTP API as one route table with its OpenAPI document (:mod:`~pakit_stream.serving.api`), and
 the batch models as the daemon runs them (:mod:`~pakit_stream.serving.codec`,
 :mod:`~pakit_stream.serving.prefetch`)."""
 

@@ -28,7 +28,6 @@ pakit_stream.serving.hints.BadRequest: Expected `array` of length >= 1 - at `$.a
 from __future__ import annotations
 
 import random
-import re
 import time
 from typing import TYPE_CHECKING, Annotated
 
@@ -37,6 +36,8 @@ from msgspec import Meta, Struct
 
 from pakit_stream.events.schema import BlockHash, ContextKey, Fraction, Identifier, Millis
 from pakit_stream.features import codec_features
+from pakit_stream.serving.answers import (CompressionHint, Health, NetworkHint, PeerHint,
+                                          PrefetchHint, SimilarHint)
 from pakit_stream.exceptions import InvalidEventError
 from pakit_stream.learners.codec import CodecChoice, heuristic_codec
 from pakit_stream.learners.network import fallback_answer
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
     from pakit_stream.pipeline import Pipeline
 
 __all__ = ["HintService", "BadRequest"]
-
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class BadRequest(InvalidEventError):
@@ -93,6 +92,12 @@ class PrefetchHintRequest(Struct, forbid_unknown_fields=True):
             raise InvalidEventError("object_id and chunk_index come together")
 
 
+class SimilarHintRequest(Struct, forbid_unknown_fields=True):
+    block_hash: BlockHash
+    top_k: Annotated[int, Meta(ge=1, le=100)] = 5
+    min_jaccard: Annotated[float, Meta(gt=0, le=1)] | None = None
+
+
 def _decode(body: bytes, kind):
     try:
         return msgspec.json.decode(body or b"", type=kind)
@@ -125,7 +130,7 @@ class HintService:
         except BadRequest as exc:
             self._fail(hint, exc)
 
-    def peer(self, body: bytes) -> dict:
+    def peer(self, body: bytes) -> PeerHint:
         """``{node_id, available_peers, context}`` → ``{peer_id, source, score}``; ``score``
         is the chosen peer's expected latency in ms for that node."""
         started = time.perf_counter()
@@ -145,7 +150,7 @@ class HintService:
         return {"peer_id": choice.peer_id, "source": choice.source,
                 "score": None if choice.score is None else round(choice.score, 3)}
 
-    def network(self, body: bytes) -> dict:
+    def network(self, body: bytes) -> NetworkHint:
         """``{network_size, avg_latency_ms, message_loss_rate}`` → ``{fanout, ttl, ...}``. With
         differential privacy on, the ``expected_*`` figures (the learner's estimates, which a
         setting seen in few rounds ties to those rounds) are left out: ``None``."""
@@ -163,29 +168,19 @@ class HintService:
         return answer
 
     def similar(self, block_hash: str, top_k: str | int = 5,
-                min_jaccard: str | float | None = None) -> dict:
+                min_jaccard: str | float | None = None) -> SimilarHint:
         """Blocks similar to ``block_hash`` → ``{similar: [{block_hash, jaccard}], source}``;
         ``min_jaccard`` (0 < x ≤ 1, default the index threshold) is the least estimated
-        Jaccard an answer must have."""
+        Jaccard an answer must have. Numbers may come as the strings of a query."""
         started = time.perf_counter()
-        if not _HEX64.fullmatch(block_hash or ""):
-            self._fail("similar", BadRequest("block_hash must be 64 lowercase hex characters"))
         try:
-            k = int(top_k)
-        except (TypeError, ValueError):
-            k = -1
-        if not 1 <= k <= 100:
-            self._fail("similar", BadRequest("top_k must be an integer from 1 to 100"))
-        if min_jaccard is not None:
-            try:
-                min_jaccard = float(min_jaccard)
-            except (TypeError, ValueError):
-                min_jaccard = -1.0
-            if not 0 < min_jaccard <= 1:  # also refuses nan
-                self._fail("similar", BadRequest("min_jaccard must be a number in (0, 1]"))
+            req = msgspec.convert({"block_hash": block_hash, "top_k": top_k,
+                                   "min_jaccard": min_jaccard}, SimilarHintRequest, strict=False)
+        except msgspec.MsgspecError as exc:
+            self._fail("similar", BadRequest(str(exc)))
         dedup, crowds = self.pipeline.dedup, self.pipeline.crowds
-        if block_hash in dedup and not self._few("fingerprint", block_hash):
-            similar = dedup.find_similar_blocks(block_hash, k, min_jaccard)
+        if req.block_hash in dedup and not self._few("fingerprint", req.block_hash):
+            similar = dedup.find_similar_blocks(req.block_hash, req.top_k, req.min_jaccard)
             self.pipeline.metrics.lsh_query.observe(dedup.last_query_seconds)
             if crowds is not None:
                 similar = [s for s in similar if crowds.known("fingerprint", s["block_hash"])]
@@ -193,9 +188,9 @@ class HintService:
         else:  # never fingerprinted: all we can say is that the block is identical to itself
             similar, source = [], "fallback"
         self._done("similar", source, started)
-        return {"block_hash": block_hash, "similar": similar, "source": source}
+        return {"block_hash": req.block_hash, "similar": similar, "source": source}
 
-    def compression(self, body: bytes) -> dict:
+    def compression(self, body: bytes) -> CompressionHint:
         """``{block_size, node_id?, probe_ratio?, block_depth?, entropy?, parent_count?}`` →
         ``{algorithm, expert, probe_used, probe_recommended, model_version, source}``: the
         codec cost model's choice (see :mod:`pakit_stream.learners.codec`); before any data,
@@ -223,7 +218,7 @@ class HintService:
         self._done("compression", answer["source"], started)
         return answer
 
-    def prefetch(self, body: bytes) -> dict:
+    def prefetch(self, body: bytes) -> PrefetchHint:
         """``{node_id, recent_accesses, k, cache_blocks, object_id?, chunk_index?}`` →
         ``{blocks, positions, proposals, threshold, model_version, source}``: the prefetch
         learner's most confident proposals after the node's last read (after ``(object_id,
@@ -274,5 +269,5 @@ class HintService:
         self.pipeline.metrics.canary_hints.labels(model=name, arm=arm).inc()
         return canary.model if arm == "canary" else None
 
-    def health(self) -> dict:
+    def health(self) -> Health:
         return {"status": "ok", **self.pipeline.stats()}
