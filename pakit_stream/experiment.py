@@ -198,16 +198,29 @@ def load_workload(trace: Path | None = None, fmt: str | None = None, rtt: Path |
 
 # -- the nodes -------------------------------------------------------------------------------
 class _Lru:
+    """A node's block cache; it counts what prefetching brought in, and how much of it was
+    read before it left (the rest is traffic a prefetch wasted)."""
+
     def __init__(self, size: int) -> None:
-        self.size, self._items = size, OrderedDict()
+        self.size, self._items = size, OrderedDict()  # block -> brought in by a prefetch
+        self.prefetched = self.used = 0
 
     def read(self, key: int) -> bool:
         hit = key in self._items
-        self.put(key)
+        if hit and self._items[key]:
+            self.used += 1
+        self._put(key, False)
         return hit
 
-    def put(self, key: int) -> None:
-        self._items[key] = None
+    def prefetch(self, key: int) -> None:
+        if key in self._items:
+            self._items.move_to_end(key)
+        else:
+            self.prefetched += 1
+            self._put(key, True)
+
+    def _put(self, key: int, prefetched: bool) -> None:
+        self._items[key] = prefetched
         self._items.move_to_end(key)
         if len(self._items) > self.size:
             self._items.popitem(last=False)
@@ -311,7 +324,7 @@ class Experiment:
             self.answers["prefetch"][f"{answer['source']} {len(answer.get('proposals', ()))}"] += 1
             for p in answer.get("proposals", ()):
                 if p.get("object_id") == obj and p.get("chunk_index") is not None:
-                    node.cache.put(int(p["chunk_index"]))
+                    node.cache.prefetch(int(p["chunk_index"]))
 
     def _fetch(self, j: int, t: int, elapsed: float) -> None:
         rng, replay = self._pair_rng[j], self._peers[j]
@@ -541,6 +554,12 @@ def write_report(results: dict, out: Path) -> None:
               f"answered by the fallback (deadline missed or daemon unreachable): "
               f"{'n/a' if miss is None else f'{miss:.2%}'} "
               f"(deadline {results['hint_timeout_ms']:.0f} ms)."]
+    pf = results.get("prefetch") or {}
+    if pf.get("fetched_per_read") is not None:
+        used = "n/a" if pf["used_share"] is None else f"{pf['used_share']:.1%}"
+        lines += ["", f"Prefetching's traffic: the treatment fetched {pf['fetched_per_read']:.3f} "
+                  f"blocks ahead per read, of which {used} were read before they left the "
+                  f"cache (the control fetches nothing ahead)."]
     if _plot(results, out / "over_time.png"):
         lines += ["", "![each outcome over time, per group](over_time.png)"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
@@ -668,12 +687,23 @@ def run_experiment(workload: Workload, seconds: float = 300.0, nodes: int = 8,
                "nodes": nodes, "seed": seed, "ticks": exp.ticks, "data": workload.sources,
                "hint_timeout_ms": hint_timeout * 1e3,
                "answers": {k: dict(v.most_common(12)) for k, v in exp.answers.items()},
+               "prefetch": _prefetch_traffic(exp),
                "groups": {n.node_id: n.group for n in exp.nodes}, "metrics_port": live.port}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "timeline.json").write_text(json.dumps(results["timeline"], indent=1))
     write_report(results, out)
     say((out / "report.md").read_text())
     return results
+
+
+def _prefetch_traffic(exp: Experiment) -> dict[str, float | None]:
+    """What the treatment's prefetching cost: blocks fetched ahead per read, and the share of
+    them read before they left the cache (the control prefetches nothing)."""
+    caches = [n.cache for n in exp.nodes if n.hints is not None]
+    fetched, used = sum(c.prefetched for c in caches), sum(c.used for c in caches)
+    reads = len(exp.samples.get("cache_hit", "treatment"))
+    return {"fetched_per_read": fetched / reads if reads else None,
+            "used_share": used / fetched if fetched else None}
 
 
 def _progress(exp: Experiment, elapsed: float) -> str:
