@@ -1,4 +1,6 @@
 import json
+import socket
+import time
 
 import pytest
 
@@ -20,6 +22,13 @@ def record_accesses(collector, start, n):
 
 def hashes_in(records):
     return {e["block_hash"] for r in records for e in json.loads(r.value)["events"]}
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_spool_validates_and_reads_back(tmp_path):
@@ -60,6 +69,8 @@ def test_publishes_envelopes_and_marks_them_sent(broker, tmp_path):
     with TelemetryCollector(tmp_path / "t.db", broker=broker.bootstrap, batch_size=10,
                             flush_interval_s=3600) as c:
         record_accesses(c, 0, 25)  # two full envelopes go out on their own
+        wait_for(lambda: c.pending() == 5)
+        time.sleep(0.3)  # and the partial one waits for the interval, or a flush
         assert c.pending() == 5
         assert c.flush() == 5 and c.pending() == 0
     records = read_topic(broker.bootstrap, "pakit.access", 3)
@@ -115,6 +126,35 @@ def test_broker_outage_loses_nothing(tmp_path):
         assert {ev.block_hash(i) for i in range(20, 35)} <= hashes_in(records)
     c.close()
 
+
+
+def test_record_only_spools_while_the_broker_hangs_and_a_thread_publishes_later(tmp_path):
+    """record() once flushed under a lock through network I/O, blocking the node for seconds
+    against a hung broker. It now only spools; a background thread publishes, and record()
+    never waits for it, even while it is stuck connecting."""
+    hung = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    port = hung.getsockname()[1]
+    with TelemetryCollector(tmp_path / "t.db", broker=f"127.0.0.1:{port}", batch_size=10,
+                            flush_interval_s=0.2, retry_max_s=1,
+                            producer_config={"max_block_ms": 1500,
+                                             "request_timeout_ms": 1500}) as c:
+        try:
+            slowest = 0.0
+            for i in range(100):  # about 3 s, the publishing thread stuck all along
+                started = time.perf_counter()
+                record_accesses(c, i, 1)
+                slowest = max(slowest, time.perf_counter() - started)
+                time.sleep(0.02)
+            assert slowest < 0.05, f"record() took {slowest * 1000:.0f} ms"
+            assert c.pending() == 100
+        finally:
+            hung.close()
+        with EmbeddedBroker(port=port) as b:
+            create_topics(b.bootstrap, 2)
+            wait_for(lambda: c.pending() == 0)  # no flush(): the thread sends them
+            c.close()
+            records = read_topic(b.bootstrap, "pakit.access", 10**9, timeout=3)
+    assert hashes_in(records) == {ev.block_hash(i) for i in range(100)}
 
 
 def test_reads_carry_their_position_and_a_file_name_is_refused(tmp_path):
