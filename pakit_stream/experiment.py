@@ -282,6 +282,9 @@ class Experiment:
         self._peers = [PeerReplay(workload.matrix, node=int(hosts[j]), seed=seed)
                        for j in range(pairs)]
         self.samples = Samples()
+        #: gossip rounds by where the setting came from (the treatment's hint source, or
+        #: "control"): [rounds, coverage sum, payload per node sum, digests per node sum]
+        self.gossip_by_source: dict[str, list] = {}
         #: what the treatment was told, by hint: answer -> count (``source`` included)
         self.answers: dict[str, Counter] = {"network": Counter(), "compression": Counter(),
                                             "peer": Counter(), "prefetch": Counter()}
@@ -386,16 +389,23 @@ class Experiment:
         seed = int(rng.integers(1 << 31))
         for node in self.pairs[j]:
             mode, fanout, ttl, pull = "push", FALLBACK_FANOUT, FALLBACK_TTL, 0
+            source = "control"
             if node.hints is not None:
                 a = node.ask("network", network_size=n, avg_latency_ms=round(latency, 3),
                              message_loss_rate=loss, node_id=node.node_id)
                 mode, fanout, ttl, pull = a["mode"], a["fanout"], a["ttl"], a["pull_rounds"]
-                self.answers["network"][f"{mode} {fanout}/{ttl}/{pull} {a['source']}"] += 1
+                source = a["source"]
+                self.answers["network"][f"{mode} {fanout}/{ttl}/{pull} {source}"] += 1
             spread = broadcast(n, fanout, ttl, loss, np.random.default_rng(seed), rtt, hosts,
                                mode=mode, pull=pull)
             self._sample(elapsed, node, "gossip_messages", spread.payload / n)
             self._sample(elapsed, node, "gossip_digests", spread.control / n)
             self._sample(elapsed, node, "gossip_coverage", spread.coverage)
+            by = self.gossip_by_source.setdefault(source, [0, 0.0, 0.0, 0.0])
+            by[0] += 1
+            by[1] += spread.coverage
+            by[2] += spread.payload / n
+            by[3] += spread.control / n
             event = {"event_type": "gossip_round", "node_id": node.node_id, "ts": time.time(),
                      "network_size": n, "avg_latency_ms": round(latency, 3),
                      "message_loss_rate": loss, "fanout": fanout, "ttl": ttl,
@@ -688,6 +698,9 @@ def run_experiment(workload: Workload, seconds: float = 300.0, nodes: int = 8,
                "hint_timeout_ms": hint_timeout * 1e3,
                "answers": {k: dict(v.most_common(12)) for k, v in exp.answers.items()},
                "prefetch": _prefetch_traffic(exp),
+               "gossip_by_source": {src: {"rounds": n, "coverage": c / n, "payload_per_node":
+                                          p / n, "digests_per_node": d / n}
+                                    for src, (n, c, p, d) in exp.gossip_by_source.items()},
                "groups": {n.node_id: n.group for n in exp.nodes}, "metrics_port": live.port}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "timeline.json").write_text(json.dumps(results["timeline"], indent=1))

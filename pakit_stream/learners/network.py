@@ -354,15 +354,28 @@ class NetworkOptimizer(OnlineModel):
 
     def _explore(self, n: int, avg_latency_ms: float, loss: float) -> tuple:
         """An exploring action: drawn among those the models expect to reach the coverage
-        target here (exploring costs the node that acts on it: never one expected to fall
-        short), else among all."""
+        target here, or, where none is, to miss it by at most a factor of three more than the
+        surest (exploring costs the node that acts on it: never a setting expected to do
+        much worse). A mode not yet seen enough in networks like this one is judged by the
+        mean-field model alone, so that it gets explored where it promises to do well."""
         goal = math.log10(max(1.0 - self.coverage_target, 1e-9))
-        plausible = []
+        scored = []
         for mode in _MODES:
-            if self.rounds[mode]:
+            if self.rounds[mode] and self._supported(mode, n, loss):
                 acts, log_short, _, _ = self._predicted(mode, n, avg_latency_ms, loss)
-                plausible += [a for a, v in zip(acts, log_short) if v <= goal]
-        return self._rng.choice(plausible or self.actions)
+            else:
+                acts = [a for a in self.actions if a[0] == mode]
+                short, _ = _mean_field_many(
+                    n, loss, np.array([a[1] for a in acts], dtype=float),
+                    np.array([a[2] for a in acts]),
+                    np.array([a[3] if mode == "push-pull" else 0 for a in acts]))
+                log_short = np.log10(np.maximum(short, _FLOOR / n))
+            scored += zip(log_short.tolist(), acts)
+        if not scored:
+            return self._rng.choice(self.actions)
+        best = min(v for v, _ in scored)
+        bar = goal if best <= goal else best + math.log10(3.0)
+        return self._rng.choice([a for v, a in scored if v <= bar])
 
     def _values(self, state: Hashable) -> dict[tuple[int, int], tuple[float, float]]:
         """``action -> (lower confidence bound, mean)`` in ``state``, or in its back-off."""
