@@ -437,10 +437,10 @@ def test_gossip_learner_answers_only_near_networks_it_has_seen():
         assert opt.expect(100, 50.0, 0.02, action)["log10_shortfall"] <= goal
     # a target nothing is expected to reach: explore near the surest settings only
     opt.coverage_target = 1 - 1e-12
-    surest = min(opt.expect(2000, 50.0, 0.1, a)["log10_shortfall"] for a in opt.actions)
+    surest = min(opt.expect(100, 50.0, 0.02, a)["log10_shortfall"] for a in opt.actions)
     for _ in range(30):
-        action = opt._explore(2000, 50.0, 0.1)
-        assert opt.expect(2000, 50.0, 0.1, action)["log10_shortfall"] <= surest + math.log10(3)
+        action = opt._explore(100, 50.0, 0.02)
+        assert opt.expect(100, 50.0, 0.02, action)["log10_shortfall"] <= surest + math.log10(3)
 
 
 def test_gossip_learner_falls_back_until_it_has_seen_enough_rounds():
