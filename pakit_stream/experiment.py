@@ -518,12 +518,12 @@ def summarise(samples: Samples, hints: list[tuple[str, float, bool]],
 def _overtake(series: dict[str, list], higher: bool, width: float) -> float | None:
     """The start of the first time bin from which the treatment is ahead on the mean of every
     later stretch of bins (each suffix), or ``None``."""
-    ups = [(x - y) * (1 if higher else -1) for x, y in zip(series["treatment"], series["control"])
-           if x is not None and y is not None]
+    ups = [(i, (x - y) * (1 if higher else -1)) for i, (x, y) in
+           enumerate(zip(series["treatment"], series["control"])) if x is not None and y is not None]
     start = None
-    for i in range(len(ups) - 1, -1, -1):
-        if statistics.fmean(ups[i:]) > 0:
-            start = i
+    for j in range(len(ups) - 1, -1, -1):  # j indexes the bins both groups have values in
+        if statistics.fmean(u for _, u in ups[j:]) > 0:
+            start = ups[j][0]
         else:
             break
     return None if start is None else round(start * width, 1)

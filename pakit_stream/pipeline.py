@@ -151,7 +151,11 @@ class Pipeline:
         self.canaries: dict[str, Any] = {}
         #: with k-anonymity on, how many distinct nodes reported each block, object, peer
         #: and topic, up to k: a hint names nothing fewer nodes reported (``HintService``)
-        self.crowds = Crowds(s.k_anonymity) if s.k_anonymity > 1 else None
+        self.crowds = None
+        if s.k_anonymity > 1:  # bounded as the learners whose answers they guard
+            self.crowds = Crowds(s.k_anonymity, capacities={
+                "read": s.successor_capacity, "object": s.successor_capacity,
+                "fingerprint": s.lsh_capacity, "peer": s.bandit_max_peers})
         self.offsets: dict[str, int] = {}
         #: CRC-32 of the last applied message of each partition: on resume, the record before
         #: the saved offset must still carry it, or the log was recreated (a restarted

@@ -105,15 +105,17 @@ class Crowds:
 
     A key holds the CRC-32s of the nodes seen so far (two nodes sharing one count as one:
     an error on the safe side) until there are ``k``, then only a flag. Each namespace keeps
-    its ``capacity`` most recently reported keys; a key evicted is unknown again.
+    its ``capacity`` most recently reported keys (``capacities`` sets it per namespace); a key
+    evicted is unknown again.
     """
 
     _DONE = True
 
-    def __init__(self, k: int, capacity: int = 1_000_000) -> None:
-        if k < 1 or capacity < 1:
-            raise UsageError("k and capacity must be at least 1")
-        self.k, self.capacity = k, capacity
+    def __init__(self, k: int, capacity: int = 100_000,
+                 capacities: dict[str, int] | None = None) -> None:
+        if k < 1 or capacity < 1 or any(c < 1 for c in (capacities or {}).values()):
+            raise UsageError("k and capacities must be at least 1")
+        self.k, self.capacity, self.capacities = k, capacity, dict(capacities or {})
         self._spaces: dict[str, OrderedDict[Hashable, set[int] | bool]] = {}
 
     def add(self, space: str, key: Hashable, node: str) -> None:
@@ -124,7 +126,7 @@ class Crowds:
         nodes = seen.get(key)
         if nodes is None:
             nodes = seen[key] = set()
-            if len(seen) > self.capacity:
+            if len(seen) > self.capacities.get(space, self.capacity):
                 seen.popitem(last=False)
         else:
             seen.move_to_end(key)

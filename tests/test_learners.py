@@ -443,6 +443,17 @@ def test_gossip_learner_answers_only_near_networks_it_has_seen():
         assert opt.expect(100, 50.0, 0.02, action)["log10_shortfall"] <= surest + math.log10(3)
 
 
+def test_a_gossip_learner_from_before_support_was_counted_keeps_learning():
+    opt = NetworkOptimizer(epsilon=0.0)
+    _logged_rounds(opt, 200, sizes=(100,), losses=(0.0,))
+    state = dict(opt.__dict__)
+    del state["_support"], state["min_support"]  # as an older checkpoint pickled it
+    old = NetworkOptimizer.__new__(NetworkOptimizer)
+    old.__setstate__(state)
+    old.learn_round(100, 50.0, 0.0, 6, 10, 1.0, 600)
+    assert old.predict({"network_size": 100})["source"] == "learned"
+
+
 def test_gossip_learner_falls_back_until_it_has_seen_enough_rounds():
     opt = NetworkOptimizer(min_rounds=50)
     _logged_rounds(opt, 49, sizes=(100,), losses=(0.0,))

@@ -106,15 +106,15 @@ def _k_anonymous_hints(k: int):
 
 
 def _ask_all(hints) -> dict[str, str]:
-    """The source of each hint, asked by a node that sent nothing ("node-z")."""
-    first = ev.block_hash(0)
+    """The source of each hint, asked by a node that sent nothing ("node-z"); the prefetch
+    hint by "node-a", which reads an object, at its position."""
     peer = hints.peer(json.dumps({"node_id": "node-z", "available_peers": sorted(ev.PEER_MS),
                                   "context": {"network_load": 0.2}}).encode())
     network = hints.network(b'{"network_size": 100, "avg_latency_ms": 40, '
                             b'"message_loss_rate": 0.01}')
     codec = hints.compression(b'{"block_size": 65536, "node_id": "node-z"}')
-    prefetch = hints.prefetch(json.dumps({"node_id": "node-z",
-                                          "recent_accesses": [first]}).encode())
+    prefetch = hints.prefetch(json.dumps({"node_id": "node-a", "object_id": "0f" * 32,
+                                          "chunk_index": 2}).encode())
     similar = hints.similar(ev.fingerprint(0)["block_hash"], 5)
     return {"peer": peer["source"], "network": "fallback" if network["source"] == "fallback"
             else "learned", "codec": codec["source"], "prefetch": prefetch["source"],
@@ -130,7 +130,8 @@ def _report(p, node: str) -> None:
     """``node`` stores, reads (0, 1, ..., 6, 0, ...), fingerprints near-duplicates of one
     block, fetches and gossips."""
     _feed(p, "pakit.blocks", ev.pack([ev.stored(i, node) for i in range(300)]))
-    _feed(p, "pakit.access", ev.pack([ev.accessed(i, node) for i in range(300)]))
+    _feed(p, "pakit.access", ev.pack([ev.accessed(i, node, position=True)
+                                      for i in range(300)]))
     _feed(p, "pakit.fingerprints", ev.pack(
         [ev.fingerprint(0, node)] + [ev.fingerprint(i, node, base=0, edits=4)
                                      for i in range(1, 4)]))
@@ -149,13 +150,19 @@ def test_with_k_anonymity_no_hint_reveals_what_fewer_than_k_nodes_reported():
     _report(p, "node-b")
     assert set(_ask_all(hints).values()) == {"learned"}  # two nodes reported it all
 
-    # a block, peer or fingerprint only one node reported stays out of answers that others do
+    # what one node alone read stays out of answers: its object, and the successor table
+    # (an edge may be one node's, though both blocks are read by many)
     _feed(p, "pakit.access", ev.pack(
-        [dict(ev.accessed(i), node_id="node-c",
-              block_hash=ev.block_hash(0) if i % 2 == 0 else ev.block_hash(999))
-         for i in range(200)]))
-    named = hints.prefetch(json.dumps({"recent_accesses": [ev.block_hash(0)], "k": 10}).encode())
-    assert named["blocks"] and ev.block_hash(999) not in named["blocks"]
+        [dict(ev.accessed(i, "node-c", position=True), object_id="1f" * 32,
+              block_hash=ev.block_hash(1000 + i % 7)) for i in range(200)]))
+    own = hints.prefetch(json.dumps({"node_id": "node-c", "object_id": "1f" * 32,
+                                     "chunk_index": 2}).encode())
+    assert own["proposals"] == [] and own["source"] == "fallback"
+    by_hash = hints.prefetch(json.dumps({"recent_accesses": [ev.block_hash(0)]}).encode())
+    assert by_hash["proposals"] == []
+    shared = hints.prefetch(json.dumps({"node_id": "node-a", "object_id": "0f" * 32,
+                                        "chunk_index": 2}).encode())
+    assert shared["proposals"] and all(x["source"] != "successor" for x in shared["proposals"])
     solo = dict(ev.peer_fetch(0, "node-c"), peer_id="peer-solo", latency_ms=0.1,
                 candidates=["peer-solo", "peer-fast"])
     _feed(p, "pakit.peers", ev.pack([solo] * 50))
@@ -171,5 +178,10 @@ def test_crowds_forget_the_oldest_keys_past_their_capacity():
         crowds.add("read", key, "n1")
         crowds.add("read", key, "n2")
     assert not crowds.known("read", "a") and crowds.known("read", "c") and len(crowds) == 2
+    small = Crowds(k=1, capacity=5, capacities={"peer": 1})
+    for key in ("a", "b"):
+        small.add("peer", key, "n1")
+        small.add("read", key, "n1")
+    assert not small.known("peer", "a") and small.known("read", "a")
     with pytest.raises(UsageError):
         Crowds(k=0)

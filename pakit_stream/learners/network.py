@@ -268,7 +268,8 @@ class NetworkOptimizer(OnlineModel):
         return mode, min(int(math.log2(max(n, 1))), 24), _band(loss, _LOSS_BANDS)
 
     def __setstate__(self, state: dict) -> None:
-        state.setdefault("_support", None)  # checkpoints from before support was counted
+        # checkpoints from before support was counted: count from now, ask for none
+        state.setdefault("_support", {})
         state.setdefault("min_support", 0)
         self.__dict__.update(state)
 
@@ -345,8 +346,6 @@ class NetworkOptimizer(OnlineModel):
     def _supported(self, mode: str, n: int, loss: float) -> bool:
         """Whether ``mode`` was seen ``min_support`` times in networks like this one: its
         size band (powers of two) or the next, its loss band or the next."""
-        if self._support is None:  # an older checkpoint's learner
-            return True
         _, size, lossy = self._cell(mode, n, loss)
         seen = sum(self._support.get((mode, size + i, lossy + j), 0)
                    for i in (-1, 0, 1) for j in (-1, 0, 1))

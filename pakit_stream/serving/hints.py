@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-from pakit_stream.events.schema import BlockHash, ContextKey, Fraction, Identifier, Millis
+from pakit_stream.events.schema import (BlockHash, ContextKey, Fraction, Identifier, Millis,
+                                        check_peer_context)
 from pakit_stream.features import codec_features
 from pakit_stream.serving.answers import (CompressionHint, Health, NetworkHint, PeerHint,
                                           PrefetchHint, SimilarHint)
@@ -42,6 +43,7 @@ from pakit_stream.exceptions import InvalidEventError
 from pakit_stream.learners.codec import CodecChoice, heuristic_codec
 from pakit_stream.learners.network import fallback_answer
 from pakit_stream.learners.peers import PeerChoice
+from pakit_stream.learners.prefetch import Proposal
 from pakit_stream.specs import CODEC_MODEL, PREFETCH_MODEL
 
 if TYPE_CHECKING:
@@ -140,6 +142,7 @@ class HintService:
             peers = [p for p in peers if crowds.known("peer", p)]
             node = None
         try:
+            check_peer_context(req.context)
             if peers:
                 choice = self.pipeline.peers.select(peers, req.context, req.block_size, node)
             else:
@@ -241,8 +244,7 @@ class HintService:
                                     "recent_accesses": req.recent_accesses,
                                     "cache_blocks": cache, "net": net, "position": position})
         if crowds is not None:
-            picks = [p for p in picks if (p.block_hash is None or crowds.known("read", p.block_hash))
-                     and (p.object_id is None or crowds.known("object", p.object_id))]
+            picks = self._anonymous(picks, crowds)
         answer = {"blocks": [p.block_hash for p in picks if p.block_hash],
                   "positions": [{"object_id": p.object_id, "chunk_index": p.chunk_index}
                                 for p in picks if not p.block_hash],
@@ -253,6 +255,23 @@ class HintService:
                   else None}
         self._done("prefetch", answer["source"], started)
         return answer
+
+    @staticmethod
+    def _anonymous(picks: list, crowds) -> list:
+        """The proposals a caller may see with k-anonymity on: none from the successor table
+        (an edge between two blocks may be one node's reads, though both blocks are read by
+        many), positions only in objects k nodes read, and a block's hash only when k nodes
+        read it (else the proposal keeps its position alone, so that a missing proposal says
+        nothing about who read a chunk)."""
+        out = []
+        for p in picks:
+            if p.source == "successor" or p.object_id is None or not crowds.known(
+                    "object", p.object_id):
+                continue
+            if p.block_hash is not None and not crowds.known("read", p.block_hash):
+                p = Proposal(None, p.object_id, p.chunk_index, p.confidence, p.source)
+            out.append(p)
+        return out
 
     def _few(self, space: str, key: str = "-") -> bool:
         """Whether k-anonymity is on and fewer than k nodes reported ``key`` in ``space``."""
