@@ -43,7 +43,7 @@ import msgspec
 
 from pakit_stream.exceptions import PakitStreamError, UsageError
 from pakit_stream.learners.codec import heuristic_codec
-from pakit_stream.learners.network import FALLBACK_FANOUT, FALLBACK_TTL
+from pakit_stream.learners.network import fallback_answer
 
 __all__ = ["HintClient", "AsyncHintClient", "HintRequestError", "fallback"]
 
@@ -71,9 +71,7 @@ def fallback(kind: str, request: dict[str, Any], error: str,
         return {"peer_id": (rng or random).choice(peers) if peers else None, "score": None,
                 **base}
     if kind == "network":
-        return {"mode": "push", "fanout": FALLBACK_FANOUT, "ttl": FALLBACK_TTL,
-                "pull_rounds": 0, "expected_coverage": None, "expected_payload_per_node": None,
-                "expected_control_per_node": None, **base}
+        return {**fallback_answer(), **base}
     if kind == "compression":
         return {"algorithm": heuristic_codec(request["block_size"]), "expert": "fallback",
                 "probe_used": False, "probe_recommended": False, "model_version": None, **base}

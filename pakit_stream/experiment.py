@@ -31,7 +31,6 @@ matplotlib is installed).
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import math
 import random
@@ -43,6 +42,7 @@ import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,9 @@ from pakit_stream.exceptions import DataError, UsageError
 from pakit_stream.learners.codec import heuristic_codec
 from pakit_stream.learners.network import FALLBACK_FANOUT, FALLBACK_TTL
 from pakit_stream.replay.blocks import chunk_tree
-from pakit_stream.replay.gossip import LOSSES, SIZES, broadcast
+from pakit_stream.replay.gossip import LOSSES, SIZES, broadcast, round_event
 from pakit_stream.replay.latency import PeerReplay, RttMatrix
-from pakit_stream.replay.traces import read_requests, trace_block_hash
+from pakit_stream.replay.traces import read_requests, trace_block_hash, trace_object_id
 from pakit_stream.settings import Settings
 from pakit_stream.simulate import block_events
 from pakit_stream.telemetry import TelemetryCollector
@@ -117,9 +117,9 @@ class Workload:
     blocks: list[Block]
     sources: dict[str, str] = field(default_factory=dict)  # what each part was read from
 
-    @property
+    @cached_property
     def object_id(self) -> str:
-        return hashlib.sha256(f"object:{self.sources['trace']}".encode()).hexdigest()
+        return trace_object_id(self.sources["trace"])
 
 
 def _local_trace(n: int, seed: int, block_size: int = 16384) -> tuple[np.ndarray, np.ndarray]:
@@ -299,8 +299,10 @@ class Experiment:
             seg = self.segments[j]
             for r in range(self.reads_per_tick):
                 pos = seg[(self.ticks * self.reads_per_tick + r) % len(seg)]
+                block = int(self.w.ids[pos])
+                digest = trace_block_hash(block, self.w.sources["trace"])
                 for node in (treated, control):
-                    self._read(node, int(self.w.ids[pos]), int(self.w.spans[pos]), elapsed)
+                    self._read(node, block, digest, int(self.w.spans[pos]), elapsed)
             self._fetch(j, t, elapsed)
             if self.ticks % self.store_every == j % self.store_every:
                 k = (self.ticks // self.store_every + j * 97) % len(self.w.blocks)
@@ -313,12 +315,12 @@ class Experiment:
     def _sample(self, elapsed: float, node: Node, kind: str, value: float) -> None:
         self.samples.add(elapsed, node.group, kind, value)
 
-    def _read(self, node: Node, block: int, span: int, elapsed: float) -> None:
+    def _read(self, node: Node, block: int, digest: str, span: int, elapsed: float) -> None:
         hit = node.cache.read(block)
         self._sample(elapsed, node, "cache_hit", hit)
         obj = self.w.object_id
         node.collector.record(event_type="block_accessed", node_id=node.node_id, ts=time.time(),
-                              block_hash=trace_block_hash(block, self.w.sources["trace"]),
+                              block_hash=digest,
                               cache_hit=hit, latency_ms=0.05 if hit else 5.0, object_id=obj,
                               chunk_index=block, chunk_count=span)
         if node.hints is not None:
@@ -330,12 +332,10 @@ class Experiment:
                     node.cache.prefetch(int(p["chunk_index"]))
 
     def _fetch(self, j: int, t: int, elapsed: float) -> None:
-        rng, replay = self._pair_rng[j], self._peers[j]
-        others = [h for h in range(self.w.matrix.hosts) if h != replay.node]
-        k = int(rng.integers(3, min(8, len(others)) + 1))
-        cands = [int(p) for p in rng.choice(others, k, replace=False)]
-        jitter, luck = rng.normal(0.0, replay.noise, k), rng.random(k)
-        names = [replay.peer_name(p) for p in cands]
+        replay = self._peers[j]
+        step = replay.step(self.ticks, t, self._pair_rng[j])  # the pair's shared luck
+        names = [replay.peer_name(p) for p in step.candidates]
+        k = len(names)
         for node in self.pairs[j]:
             if node.hints is not None:
                 a = node.ask("peer", node_id=node.node_id, available_peers=names)
@@ -344,13 +344,12 @@ class Experiment:
                 i = names.index(chosen) if chosen in names else node.rng.randrange(k)
             else:
                 i = node.rng.randrange(k)
-            ok, ms = replay.outcome(t, cands[i], float(jitter[i]), float(luck[i]))
+            peer = step.candidates[i]
+            ok, ms = step.fetch(peer)
             self._sample(elapsed, node, "fetch_ms", ms)
             self._sample(elapsed, node, "fetch_ok", ok)
-            node.collector.record(event_type="peer_fetch", node_id=node.node_id, ts=time.time(),
-                                  block_hash=f"{self.ticks * 1000 + j:064x}",
-                                  peer_id=names[i], candidates=names, success=ok,
-                                  latency_ms=round(ms, 3), block_size=65536)
+            node.collector.record(**{**replay.event(step, peer, ok, ms),
+                                     "node_id": node.node_id, "ts": time.time()})
 
     def _store(self, node: Node, block: Block, elapsed: float) -> None:
         s, size = self.settings, block.stored["block_size"]
@@ -406,13 +405,8 @@ class Experiment:
             by[1] += spread.coverage
             by[2] += spread.payload / n
             by[3] += spread.control / n
-            event = {"event_type": "gossip_round", "node_id": node.node_id, "ts": time.time(),
-                     "network_size": n, "avg_latency_ms": round(latency, 3),
-                     "message_loss_rate": loss, "fanout": fanout, "ttl": ttl,
-                     "coverage": spread.coverage, "messages_sent": spread.payload}
-            if mode != "push":
-                event.update(mode=mode, pull_rounds=pull, control_messages=spread.control)
-            node.collector.record(**event)
+            node.collector.record(**round_event(node.node_id, time.time(), n, latency, loss,
+                                                fanout, ttl, spread, mode, pull))
 
     # -- bookkeeping -------------------------------------------------------------------------
     @property
@@ -462,11 +456,6 @@ def _value(name: str, values: Sequence[float]) -> float | None:
     return _SAMPLES[name][1](values) if len(values) else None
 
 
-def _by(samples: Samples, kind: str, group: str, lo: float = -math.inf, hi: float = math.inf
-        ) -> list[float]:
-    return samples.get(kind, group, lo, hi)
-
-
 def summarise(samples: Samples, hints: list[tuple[str, float, bool]],
               seconds: float, blocks: int = 5, bins: int = 20) -> dict[str, Any]:
     """``results.json``: per outcome, treatment, control, uplift and its 95% interval by batch
@@ -479,18 +468,18 @@ def summarise(samples: Samples, hints: list[tuple[str, float, bool]],
     outcomes, timeline = {}, {"bin_seconds": end / bins, "outcomes": {}}
     for name, higher in OUTCOMES.items():
         kind = _SAMPLES[name][0]
-        x = _value(name, _by(samples, kind, "treatment"))
-        y = _value(name, _by(samples, kind, "control"))
+        x = _value(name, samples.get(kind, "treatment"))
+        y = _value(name, samples.get(kind, "control"))
         entry: dict[str, Any] = {"treatment": x, "control": y, "higher_is_better": higher,
                                  "uplift": None, "ci95": None, "samples": {
-                                     g: len(_by(samples, kind, g)) for g in GROUPS}}
+                                     g: len(samples.get(kind, g)) for g in GROUPS}}
         if x is not None and y is not None:
             entry["uplift"] = x - y
             ups = []
             for b in range(blocks):
                 lo, hi = end * b / blocks, end * (b + 1) / blocks
-                bx = _value(name, _by(samples, kind, "treatment", lo, hi))
-                by = _value(name, _by(samples, kind, "control", lo, hi))
+                bx = _value(name, samples.get(kind, "treatment", lo, hi))
+                by = _value(name, samples.get(kind, "control", lo, hi))
                 if bx is not None and by is not None:
                     ups.append(bx - by)
             if len(ups) >= 2:
@@ -499,7 +488,7 @@ def summarise(samples: Samples, hints: list[tuple[str, float, bool]],
                 entry["ci95"] = [x - y - half, x - y + half]
                 entry["block_uplifts"] = ups
         outcomes[name] = entry
-        series = {g: [_value(name, _by(samples, kind, g, end * i / bins, end * (i + 1) / bins))
+        series = {g: [_value(name, samples.get(kind, g, end * i / bins, end * (i + 1) / bins))
                       for i in range(bins)] for g in GROUPS}
         timeline["outcomes"][name] = series
         entry["overtakes_at_s"] = _overtake(series, higher, end / bins)
@@ -624,7 +613,7 @@ class LiveMetrics:
         for name in OUTCOMES:
             kind = _SAMPLES[name][0]
             for group in GROUPS:
-                v = _value(name, _by(exp.samples, kind, group))
+                v = _value(name, exp.samples.get(kind, group))
                 if v is not None:
                     self.outcome.labels(outcome=name, group=group).set(v)
         hints = exp.hint_samples()
@@ -725,8 +714,8 @@ def _progress(exp: Experiment, elapsed: float) -> str:
                  "gossip_messages_per_node"):
         kind = _SAMPLES[name][0]
         lo = max(0.0, elapsed - 10.0)  # the last ten seconds
-        x = _value(name, _by(exp.samples, kind, "treatment", lo))
-        y = _value(name, _by(exp.samples, kind, "control", lo))
+        x = _value(name, exp.samples.get(kind, "treatment", lo))
+        y = _value(name, exp.samples.get(kind, "control", lo))
         if x is not None and y is not None:
             parts.append(f"{name.split('_ms')[0]} {x:.3g}/{y:.3g}")
     return f"  [{elapsed:6.1f}s] treatment/control, last 10 s: " + "  ".join(parts)

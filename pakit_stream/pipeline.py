@@ -458,7 +458,7 @@ class Pipeline:
         return errors
 
     def _on_peers(self, events) -> list[Rejected]:
-        errors, peers, every = [], self.peers, self.settings.eval_every
+        errors, peers, every, crowds = [], self.peers, self.settings.eval_every, self.crowds
         replay, logged = self.quality["bandit_replay"], self.quality["bandit_logged"]
         for i, e in enumerate(events):
             try:
@@ -471,8 +471,8 @@ class Pipeline:
                 peers.learn_fetch(e.peer_id, e.success, e.latency_ms, e.block_size, e.context,
                                   e.node_id, e.ts)
                 logged.add(r)
-                if self.crowds is not None:
-                    self.crowds.add("peer", e.peer_id, e.node_id)
+                if crowds is not None:
+                    crowds.add("peer", e.peer_id, e.node_id)
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
         self._publish("bandit_replay")
@@ -481,7 +481,7 @@ class Pipeline:
         return errors
 
     def _on_gossip(self, events) -> list[Rejected]:
-        errors, net, every = [], self.network, self.settings.eval_every
+        errors, net, every, crowds = [], self.network, self.settings.eval_every, self.crowds
         reward, agree = self.quality["gossip_reward"], self.quality["gossip_agreement"]
         for i, e in enumerate(events):
             try:
@@ -497,8 +497,8 @@ class Pipeline:
                 reward.add(net.learn_round(e.network_size, e.avg_latency_ms, e.message_loss_rate,
                                            e.fanout, e.ttl, e.coverage, e.messages_sent, e.mode,
                                            e.pull_rounds, e.control_messages))
-                if self.crowds is not None:
-                    self.crowds.add("gossip", "-", e.node_id)
+                if crowds is not None:
+                    crowds.add("gossip", "-", e.node_id)
             except Exception as exc:
                 errors.append(self._error(e, i, exc))
         self._publish("gossip_reward")

@@ -96,6 +96,11 @@ class CodecChoice:
     selection_us: float
     source: str = "learned"
 
+    @classmethod
+    def fallback(cls, block_size: int) -> CodecChoice:
+        """The fixed rule's choice (:func:`heuristic_codec`), choosing nothing."""
+        return cls(heuristic_codec(block_size), "fallback", False, 0.0, "fallback")
+
 
 class CodecPolicy:
     """The decisions a node applies, compiled from the learner's state at one moment.
@@ -407,7 +412,7 @@ class CodecCostModel(OnlineModel):
         size = int(block_size)
         lead = self._leader(size, self._eligible(probe is not None, features is not None), node_id)
         if lead is None:
-            return CodecChoice(heuristic_codec(size), "fallback", False, 0.0, "fallback")
+            return CodecChoice.fallback(size)
         name = self.experts[lead]
         if lead < len(self.codecs):
             return CodecChoice(self.codecs[lead], name, False, 0.0)

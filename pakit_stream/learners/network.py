@@ -300,14 +300,19 @@ class NetworkOptimizer(OnlineModel):
                 log_short + self.confidence * spread, "payload_per_node": payload,
                 "control_per_node": control, "cost_per_node": payload + self.control_cost * control}
 
-    def _predicted(self, mode: str, n: int, avg_latency_ms: float, loss: float):
-        """``(actions, log10 shortfall, its spread, cost per node)`` of every action of
-        ``mode``: :meth:`expect` for all of them at once, in numpy."""
+    def _mean_field(self, mode: str, n: int, loss: float):
+        """``(actions, fanout, pull rounds, shortfall, payload)`` of every action of ``mode``,
+        as the mean-field model alone predicts them."""
         acts = [a for a in self.actions if a[0] == mode]
         fanout = np.array([a[1] for a in acts], dtype=float)
         ttl = np.array([a[2] for a in acts])
         pull = np.array([a[3] if mode == "push-pull" else 0 for a in acts])
-        short, payload = _mean_field_many(n, loss, fanout, ttl, pull)
+        return (acts, fanout, pull, *_mean_field_many(n, loss, fanout, ttl, pull))
+
+    def _predicted(self, mode: str, n: int, avg_latency_ms: float, loss: float):
+        """``(actions, log10 shortfall, its spread, cost per node)`` of every action of
+        ``mode``: :meth:`expect` for all of them at once, in numpy."""
+        acts, fanout, pull, short, payload = self._mean_field(mode, n, loss)
         x_short, x_pay = (np.column_stack(np.broadcast_arrays(*cols)) for cols in
                           _columns(n, avg_latency_ms, loss, fanout, pull, short, payload))
         log_short = x_short @ _weights(self._shortfall[mode], _SHORT_FEATURES)
@@ -363,11 +368,7 @@ class NetworkOptimizer(OnlineModel):
             if self.rounds[mode] and self._supported(mode, n, loss):
                 acts, log_short, _, _ = self._predicted(mode, n, avg_latency_ms, loss)
             else:
-                acts = [a for a in self.actions if a[0] == mode]
-                short, _ = _mean_field_many(
-                    n, loss, np.array([a[1] for a in acts], dtype=float),
-                    np.array([a[2] for a in acts]),
-                    np.array([a[3] if mode == "push-pull" else 0 for a in acts]))
+                acts, _, _, short, _ = self._mean_field(mode, n, loss)
                 log_short = np.log10(np.maximum(short, _FLOOR / n))
             scored += zip(log_short.tolist(), acts)
         if not scored:

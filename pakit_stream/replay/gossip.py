@@ -41,7 +41,7 @@ import numpy as np
 from pakit_stream.exceptions import UsageError
 from pakit_stream.replay.latency import RttMatrix
 
-__all__ = ["broadcast", "Spread", "GossipReplay", "MODES", "SIZES", "LOSSES"]
+__all__ = ["broadcast", "round_event", "Spread", "GossipReplay", "MODES", "SIZES", "LOSSES"]
 
 _SAME_HOST_MS = 1.0
 SIZES = (20, 50, 100, 200, 500, 1000, 2000)  # network sizes, tens to thousands of nodes
@@ -115,6 +115,19 @@ def broadcast(n: int, fanout: float, ttl: int, loss: float, rng: np.random.Gener
                   float(reached.max()) if rtt_ms is not None else 0.0, int(control))
 
 
+def round_event(node_id: str, ts: float, n: int, latency_ms: float, loss: float,
+                fanout: float, ttl: int, spread: Spread, mode: str = "push", pull: int = 0
+                ) -> dict:
+    """The ``gossip_round`` event a node logs for a broadcast."""
+    event = {"event_type": "gossip_round", "node_id": node_id, "ts": ts, "network_size": n,
+             "avg_latency_ms": round(latency_ms, 3), "message_loss_rate": loss,
+             "fanout": fanout, "ttl": ttl, "coverage": spread.coverage,
+             "messages_sent": spread.payload}
+    if mode != "push":
+        event.update(mode=mode, pull_rounds=pull, control_messages=spread.control)
+    return event
+
+
 class GossipReplay:
     """Broadcasts over slice ``t`` of an RTT matrix, as ``gossip_round`` events."""
 
@@ -137,13 +150,7 @@ class GossipReplay:
             spread = broadcast(n, fanout, ttl, loss, self.rng, rtt, hosts, mode=mode, pull=pull)
             sample = rtt[np.ix_(hosts[:64], hosts[:64])]
             latency = float(np.nanmean(sample)) if np.isfinite(sample).any() else 0.0
-        event = {"event_type": "gossip_round", "node_id": node_id, "ts": float(t),
-                 "network_size": n, "avg_latency_ms": round(latency, 3),
-                 "message_loss_rate": loss, "fanout": fanout, "ttl": ttl,
-                 "coverage": spread.coverage, "messages_sent": spread.payload}
-        if mode != "push":
-            event.update(mode=mode, pull_rounds=pull, control_messages=spread.control)
-        return event
+        return round_event(node_id, float(t), n, latency, loss, fanout, ttl, spread, mode, pull)
 
     def rounds(self, sizes, losses, actions, per_slice: int = 1) -> Iterator[dict]:
         """Logged exploration: at every slice, ``per_slice`` broadcasts with a random network

@@ -168,16 +168,22 @@ class PeerReplay:
         return True, float(rtt) * math.exp(jitter)
 
     def steps(self) -> Iterator[FetchStep]:
-        lo, hi = self.candidate_range
-        hi = min(hi, self._peers.size)
         i = 0
         for t in range(self.matrix.slices):
             for _ in range(self.fetches_per_slice):
-                k = int(self.rng.integers(min(lo, hi), hi + 1))
-                cands = tuple(int(p) for p in self.rng.choice(self._peers, k, replace=False))
-                yield FetchStep(i, t, cands, self, tuple(self.rng.normal(0.0, self.noise, k)),
-                                tuple(self.rng.random(k)))
+                yield self.step(i, t)
                 i += 1
+
+    def step(self, index: int, t: int, rng: np.random.Generator | None = None) -> FetchStep:
+        """Fetch ``index`` at slice ``t``: its candidates and their draws, from ``rng`` (this
+        replay's own by default)."""
+        rng = self.rng if rng is None else rng
+        lo, hi = self.candidate_range
+        hi = min(hi, self._peers.size)
+        k = int(rng.integers(min(lo, hi), hi + 1))
+        cands = tuple(int(p) for p in rng.choice(self._peers, k, replace=False))
+        return FetchStep(index, t, cands, self, tuple(rng.normal(0.0, self.noise, k)),
+                         tuple(rng.random(k)))
 
     def event(self, step: FetchStep, peer: int, success: bool, latency_ms: float) -> dict:
         """The ``peer_fetch`` event a node logs for a fetch."""

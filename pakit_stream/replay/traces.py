@@ -46,6 +46,7 @@ import numpy as np
 from pakit_stream.exceptions import DataError, UsageError
 
 __all__ = ["TRACE_FORMATS", "read_trace", "read_requests", "access_events", "trace_block_hash",
+           "trace_object_id",
            "ORACLE_GENERAL", "SECTOR_BYTES"]
 
 TRACE_FORMATS = ("oracle-general", "lines", "csv", "u32le", "u32be")
@@ -120,6 +121,11 @@ def trace_block_hash(block_id: int, namespace: str = "trace") -> str:
     return hashlib.sha256(f"{namespace}:{int(block_id)}".encode()).hexdigest()
 
 
+def trace_object_id(namespace: str = "trace") -> str:
+    """The ``object_id`` of a replayed trace: the whole trace is one object."""
+    return hashlib.sha256(f"object:{namespace}".encode()).hexdigest()
+
+
 def access_events(ids: Iterable[int], node_id: str = "node-0", cache_blocks: int = 1024,
                   ts0: float = 0.0, namespace: str = "trace", hit_ms: float = 0.05,
                   miss_ms: float = 5.0, spans: Iterable[int] | None = None) -> Iterator[dict]:
@@ -128,7 +134,7 @@ def access_events(ids: Iterable[int], node_id: str = "node-0", cache_blocks: int
     object (its ``object_id`` is derived from ``namespace``); an access's address is its
     ``chunk_index`` and its span (:func:`read_requests`) its ``chunk_count``."""
     cache: OrderedDict[int, None] = OrderedDict()
-    object_id = hashlib.sha256(f"object:{namespace}".encode()).hexdigest()
+    object_id = trace_object_id(namespace)
     spans = iter(spans) if spans is not None else None
     for i, block in enumerate(ids):
         block = int(block)

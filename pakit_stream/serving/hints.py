@@ -40,7 +40,7 @@ from pakit_stream.features import codec_features
 from pakit_stream.serving.answers import (CompressionHint, Health, NetworkHint, PeerHint,
                                           PrefetchHint, SimilarHint)
 from pakit_stream.exceptions import InvalidEventError
-from pakit_stream.learners.codec import CodecChoice, heuristic_codec
+from pakit_stream.learners.codec import CodecChoice
 from pakit_stream.learners.network import fallback_answer
 from pakit_stream.learners.peers import PeerChoice
 from pakit_stream.learners.prefetch import Proposal
@@ -208,8 +208,7 @@ class HintService:
                                       req.parent_count, req.probe_ratio)
         net = self._arm(CODEC_MODEL, req.node_id) or self.pipeline.codec_model
         if self._few("codec"):
-            choice = CodecChoice(heuristic_codec(req.block_size), "fallback", False, 0.0,
-                                 "fallback")
+            choice = CodecChoice.fallback(req.block_size)
         else:  # with k-anonymity on, pooled costs only: not the named node's own
             node = None if self.pipeline.crowds is not None else req.node_id
             choice = codec.choose(req.block_size, node, req.probe_ratio, features, net)
