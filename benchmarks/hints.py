@@ -8,6 +8,11 @@ counts from the time a request was *due*, so a slow answer that delays the next 
 charged to it (no coordinated omission). Hints share the event loop with ingestion (applied
 in slices) and the checkpoint (a fork), so the loaded p99 shows how long those hold it.
 
+The baseline, in the same run and under the same load: a no-op HTTP server (aiohttp, as under
+Faust's views) in a process of its own, with no learners and no ingestion, asked the same
+requests by the same client at the same rate, in turn with the daemon. Its latency is the floor
+that this machine, its scheduler and a Python client put under any hint served over HTTP.
+
     python benchmarks/hints.py
 """
 
@@ -18,8 +23,9 @@ import http.client
 import json
 import os
 import platform
-import tempfile
 import multiprocessing
+import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +33,7 @@ import msgspec
 import numpy as np
 from ingest import envelopes, make_events
 
-from pakit_stream.broker import EmbeddedBroker, create_topics
+from pakit_stream.broker import EmbeddedBroker, create_topics, free_port
 from pakit_stream.demo import DaemonProcess
 from pakit_stream.metrics import Metrics
 from pakit_stream.pipeline import Pipeline
@@ -79,9 +85,63 @@ def in_process(msgs, reqs, calls: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def noop_server(port: int) -> None:
+    """The floor: read each request whole and answer a constant, as fast as aiohttp can."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b'{"source":"noop"}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+class _Floor:
+    """Where the no-op server listens (``ask`` takes anything with a ``web_port``)."""
+
+    def __init__(self) -> None:
+        self.web_port = free_port()
+        self.process = multiprocessing.Process(target=noop_server, args=(self.web_port,),
+                                               daemon=True)
+
+    def __enter__(self) -> _Floor:
+        self.process.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.web_port), timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def __exit__(self, *exc) -> None:
+        self.process.kill()
+        self.process.join()
+
+
+class _Port:
+    def __init__(self, port: int) -> None:
+        self.web_port = port
+
+
+def phase(daemon, replica, floor, reqs, rate: float, seconds: float) -> tuple[dict, ...]:
+    """Each hint kind asked of the daemon's API port, of its hint replicas' port, then of the
+    no-op server, in turn."""
+    hints, replicas, noop = {}, {}, {}
+    for kind, (path, body) in reqs.items():
+        hints[kind] = ask(daemon, path, body, rate, seconds)
+        replicas[kind] = ask(replica, path, body, rate, seconds)
+        noop[kind] = ask(floor, path, body, rate, seconds)
+    return hints, replicas, noop
+
+
 def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float,
               load_nice: int = 0) -> dict[str, dict]:
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker, _Floor() as floor:
         if load_nice:  # the broker stands for a Kafka cluster on other machines
             os.setpriority(os.PRIO_PROCESS, broker.process.pid, load_nice)
         create_topics(broker.bootstrap, 2)
@@ -91,21 +151,23 @@ def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float,
             producer.send(topic, value)
             counts[topic] = counts.get(topic, 0) + n
         producer.flush()
+        replica = _Port(free_port())
         daemon = DaemonProcess(broker.bootstrap, Path(tmp) / "store",
-                               env={"PAKIT_STREAM_TOPIC_PARTITIONS": "2"}).start()
+                               env={"PAKIT_STREAM_TOPIC_PARTITIONS": "2",
+                                    "PAKIT_STREAM_HINT_PORT": str(replica.web_port)}).start()
         try:
             daemon.wait_applied(counts, timeout=300)
             lag = loop_lag(daemon)
-            out = {"idle": {kind: ask(daemon, path, body, rate, seconds)
-                            for kind, (path, body) in reqs.items()}}
+            out = dict(zip(("idle", "replica_idle", "floor_idle"),
+                           phase(daemon, replica, floor, reqs, rate, seconds)))
             lag, out["loop_lag_idle"] = loop_lag(daemon), lag_share(lag, loop_lag(daemon))
             stop = multiprocessing.Event()
             feeder = multiprocessing.Process(target=feed, args=(broker.bootstrap, msgs, load_rate,
                                                                 stop, load_nice))
             feeder.start()  # its own process: the client's timing must not share a GIL with it
             try:
-                out["loaded"] = {kind: ask(daemon, path, body, rate, seconds)
-                                 for kind, (path, body) in reqs.items()}
+                out.update(zip(("loaded", "replica_loaded", "floor_loaded"),
+                               phase(daemon, replica, floor, reqs, rate, seconds)))
             finally:
                 stop.set()
                 feeder.join()
@@ -116,7 +178,8 @@ def over_http(msgs, reqs, rate: float, seconds: float, load_rate: float,
                 line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
                 if line.startswith("pakit_stream_gc_pause_seconds_") and "le=" not in line
                 and "_created" not in line}
-            for name in ("checkpoint_seconds", "checkpoint_hold_seconds"):
+            for name in ("checkpoint_seconds", "checkpoint_hold_seconds",
+                         "hint_replica_hold_seconds"):
                 out[name] = {  # the loop is held only for the hold; the rest is the child's
                     line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
                     if line.startswith(f"pakit_stream_{name}_") and "{" not in line}
@@ -218,6 +281,23 @@ def main() -> None:
         print(f"{kind:12} {a['p50_us']:>10,.0f} / {a['p99_us']:<9,.0f} {b['p50_us']:>9,.0f} / "
               f"{b['p99_us']:<10,.0f} {c['p50_us']:>9,.0f} / {c['p99_us']:<12,.0f} "
               f"{b['p50_us'] / a['p50_us']:>8.1f}x  errors {b['errors'] + c['errors']}")
+    floor = {}
+    for label, key in (("its hint replicas (PAKIT_STREAM_HINT_PORT)", "replica"),
+                       ("a no-op aiohttp server (own process)", "floor")):
+        print(f"the same requests of {label}, in turn with the daemon:")
+        for kind in reqs:
+            b, c = http_[f"{key}_idle"][kind], http_[f"{key}_loaded"][kind]
+            print(f"{kind:12} {'':>22} {b['p50_us']:>9,.0f} / {b['p99_us']:<10,.0f} "
+                  f"{c['p50_us']:>9,.0f} / {c['p99_us']:<12,.0f} errors {b['errors'] + c['errors']}")
+    print("p99 over the no-op server's (idle, loaded):")
+    for kind in reqs:
+        noop = (http_["floor_idle"][kind]["p99_us"], http_["floor_loaded"][kind]["p99_us"])
+        floor[kind] = {f"{name}_{phase_}_p99": http_[f"{prefix}{phase_}"][kind]["p99_us"] / base
+                       for name, prefix in (("api", ""), ("replica", "replica_"))
+                       for phase_, base in zip(("idle", "loaded"), noop)}
+        f = floor[kind]
+        print(f"{kind:12} API port {f['api_idle_p99']:.1f}x, {f['api_loaded_p99']:.1f}x; "
+              f"replicas {f['replica_idle_p99']:.1f}x, {f['replica_loaded_p99']:.1f}x")
     print(f"daemon checkpoints: {http_['checkpoint_seconds']}")
     print(f"event loop held by checkpoints: {http_['checkpoint_hold_seconds']}")
     print(f"garbage collections: {http_['gc_pause_seconds']}")
@@ -227,7 +307,8 @@ def main() -> None:
                                                 "python": platform.python_version()},
               "warm_events": args.events, "rate_per_s": args.rate, "seconds_per_kind": args.seconds,
               "load_events_per_s": args.load_rate, "load_nice": args.load_nice, "in_process": local, "http": http_,
-              "ratios": {k: idle[k]["p50_us"] / local[k]["p50_us"] for k in reqs}}
+              "ratios": {k: idle[k]["p50_us"] / local[k]["p50_us"] for k in reqs},
+              "over_noop_server": floor}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

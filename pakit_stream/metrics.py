@@ -89,6 +89,16 @@ class Metrics:
             "gc_pause_seconds", "Time each collection of Python's cyclic garbage collector held "
             "the process, by generation.", ["generation"], namespace=ns, registry=r,
             buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0))
+        self.hint_replica_refreshes = Counter(
+            "hint_replica_refreshes", "Hint replicas forked that started serving (ok), or that "
+            "exited with an error (failed).", ["outcome"], namespace=ns, registry=r)
+        self.hint_replica_age = Gauge(
+            "hint_replica_age_seconds", "Age of the learner image the serving hint replica "
+            "answers from (NaN: none serving).", namespace=ns, registry=r)
+        self.hint_replica_hold = Histogram(
+            "hint_replica_hold_seconds", "Time forking a hint replica held the event loop.",
+            namespace=ns, registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                               0.25, 1.0))
         self.hints_routed = Counter(
             "hints_routed_total", "Hints about a node another worker owns: forwarded to it and "
             "answered, or answered here because the owner did not answer in time.",

@@ -20,15 +20,17 @@ topics (:data:`~pakit_stream.pipeline.GLOBAL_TOPICS`), so any worker answers the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import msgspec
 from kafka.partitioner.default import murmur2
 
 from pakit_stream.settings import Settings
 
-__all__ = ["HINT_TOPICS", "FORWARDED", "owner_of", "advertised_url"]
+__all__ = ["HINT_TOPICS", "FORWARDED", "owner_of", "advertised_url", "Forwarder"]
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +63,55 @@ def advertised_url(settings: Settings) -> str:
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
     return f"http://{host}:{settings.web_port}"
+
+
+class _NodeOnly(msgspec.Struct):
+    node_id: str | None = None
+
+
+class Forwarder:
+    """Sends a hint about a node another worker owns to that worker, and returns its answer.
+
+    ``distribution`` gives the group's ``{url: {topic: [partitions]}}`` now; ``count`` is told
+    each outcome (``forwarded``, ``owner_failed``). Used by the worker's views and by its hint
+    replicas (:mod:`pakit_stream.daemon.replica`), which forward to the owner's worker.
+    """
+
+    def __init__(self, own_url: str, distribution: Callable[[], Mapping], timeout_s: float,
+                 count: Callable[[str], None]) -> None:
+        self.own_url = own_url.rstrip("/")
+        self.distribution, self.timeout_s, self.count = distribution, timeout_s, count
+        self._session = None  # made on first use, inside the running loop
+
+    async def __call__(self, kind: str, body: bytes, forwarded_by: str | None
+                       ) -> tuple[int, bytes, str] | None:
+        """``(status, body, owner URL)`` of the owner's answer; ``None``: answer here (this
+        worker owns the node, the request was forwarded already, it names no node, or the
+        owner did not answer in time)."""
+        topic = HINT_TOPICS.get(kind)
+        if topic is None or forwarded_by:
+            return None
+        try:
+            node = msgspec.json.decode(body, type=_NodeOnly).node_id
+        except msgspec.MsgspecError:
+            return None  # the local answer explains what is wrong with the request
+        owner = None if node is None else owner_of(node, self.distribution(), topic)
+        if owner is None or owner.rstrip("/") == self.own_url:
+            return None
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        try:
+            async with self._session.post(f"{owner.rstrip('/')}/v1/hints/{kind}", data=body,
+                                          headers={FORWARDED: self.own_url,
+                                                   "Content-Type": "application/json"}) as r:
+                answer, status = await r.read(), r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("the owner %s of node %s did not answer a %s hint (%r); answering "
+                        "here", owner, node, kind, exc)
+            self.count("owner_failed")
+            return None
+        self.count("forwarded")
+        return status, answer, owner

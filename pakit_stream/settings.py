@@ -59,6 +59,11 @@ class Settings:
         0.5, "Longest a worker waits for the owner of a node's partition to answer a hint it "
              "forwarded; after it, it answers from its own state.")
     web_port: int = _setting(6066, "Port of the HTTP server (0: pick a free port).")
+    hint_port: int | None = _setting(
+        None, "Port on which hint replicas serve the hint routes from a forked image of the "
+              "learners, away from ingestion (0: pick a free port; unset: no replicas).")
+    hint_refresh_s: float = _setting(
+        2.0, "How often a fresh hint replica is forked: the most its answers lag the learners.")
     data_dir: Path = _setting(Path("models"), "Model store: checkpoints and model versions.")
     app_id: str = _setting("pakit-stream", "Kafka consumer group and Faust application id.")
     event_loop: str = _setting(
@@ -248,7 +253,9 @@ class Settings:
             raise ConfigError(f"event_loop must be uvloop or aio, got {self.event_loop!r}")
         if not 0 <= self.web_port <= 65535:
             raise ConfigError(f"web_port out of range: {self.web_port}")
-        positive = ("topic_partitions", "apply_slice_s", "route_timeout_s", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
+        if self.hint_port is not None and not 0 <= self.hint_port <= 65535:
+            raise ConfigError(f"hint_port out of range: {self.hint_port}")
+        positive = ("topic_partitions", "apply_slice_s", "route_timeout_s", "hint_refresh_s", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
                     "max_event_bytes", "dlq_max_bytes", "codec_cpu_bytes_per_us", "codec_halflife", "retrain_check_s", "retrain_interval_s",
                     "retrain_min_new", "retrain_min_samples", "retrain_timeout_s", "retrain_threads",
                     "prefetch_window", "prefetch_max_vocab", "prefetch_horizon", "prefetch_score_every", "bandit_latency_scale_ms", "bandit_max_peers",

@@ -136,7 +136,10 @@ def test_kubernetes_manifests_agree_with_the_settings_and_each_other():
     deploy = docs["StatefulSet"]["spec"]
     assert deploy["replicas"] >= 2  # one consumer group, partitions spread over the replicas
     (container,) = deploy["template"]["spec"]["containers"]
-    assert container["ports"][0]["containerPort"] == int(config["PAKIT_STREAM_WEB_PORT"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": int(config["PAKIT_STREAM_WEB_PORT"]),
+                     "hints": int(config["PAKIT_STREAM_HINT_PORT"])}
+    assert {p["targetPort"] for p in docs["Service"]["spec"]["ports"]} == set(ports)
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     assert docs["Service"]["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
     assert docs["Service"]["spec"]["selector"] == deploy["selector"]["matchLabels"]

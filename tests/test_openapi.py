@@ -1,6 +1,7 @@
 """``GET /openapi.json``: the API's contract, generated from the route table and its types, and
 held to by a live daemon under schemathesis."""
 
+import time
 import urllib.error
 
 import pytest
@@ -12,8 +13,16 @@ TOKEN = "t" * 32
 
 
 @pytest.fixture
-def daemon(daemon_factory):
-    return daemon_factory(PAKIT_STREAM_ADMIN_TOKEN=TOKEN)
+def hint_port():
+    from pakit_stream.broker import free_port
+
+    return free_port()
+
+
+@pytest.fixture
+def daemon(daemon_factory, hint_port):
+    return daemon_factory(PAKIT_STREAM_ADMIN_TOKEN=TOKEN, PAKIT_STREAM_HINT_PORT=hint_port,
+                          PAKIT_STREAM_HINT_REFRESH_S=0.5)
 
 
 def test_the_served_document_is_valid_openapi_and_lists_every_route(daemon):
@@ -38,7 +47,8 @@ def test_the_served_document_is_valid_openapi_and_lists_every_route(daemon):
         err.value.close()
 
 
-def test_every_request_schemathesis_makes_is_answered_as_documented(daemon):
+def test_every_request_schemathesis_makes_is_answered_as_documented(daemon, hint_port):
+    """On the API port, and for the hint routes on the hint replicas' port too."""
     import schemathesis
     from schemathesis import GenerationMode
     from schemathesis.checks import (content_type_conformance, negative_data_rejection,
@@ -49,6 +59,11 @@ def test_every_request_schemathesis_makes_is_answered_as_documented(daemon):
     checks = [not_a_server_error, status_code_conformance, content_type_conformance,
               response_schema_conformance]
     routes = {(r.path, r.method): r for r in ROUTES}
+    replicas = f"http://127.0.0.1:{hint_port}"
+    deadline = time.monotonic() + 30
+    while "hint_replica_refreshes_total{outcome=\"ok\"}" not in daemon.get("/metrics"):
+        assert time.monotonic() < deadline, "no hint replica serving"
+        time.sleep(0.1)
     for result in schema.get_all_operations():
         operation = result.ok()
         route = routes[operation.path, operation.method.lower()]
@@ -65,5 +80,7 @@ def test_every_request_schemathesis_makes_is_answered_as_documented(daemon):
             def conforms(case):
                 case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"},
                                        checks=checks + extra, timeout=30)
+                if route.name.startswith("hint_"):
+                    case.call_and_validate(base_url=replicas, checks=checks + extra, timeout=30)
 
             conforms()

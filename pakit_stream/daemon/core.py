@@ -17,10 +17,11 @@ import faust
 from pakit_stream.checkpoint import CheckpointStore
 from pakit_stream.daemon import agents, rebalance, timers, views
 from pakit_stream.daemon.agents import DeadLetters
+from pakit_stream.daemon.replica import HintReplicas
 from pakit_stream.daemon.replication import ModelReplication
 from pakit_stream.pipeline import Pipeline
 from pakit_stream.retrain import Retrainer
-from pakit_stream.routing import advertised_url
+from pakit_stream.routing import Forwarder, advertised_url
 from pakit_stream.serving.hints import HintService
 from pakit_stream.settings import Settings
 
@@ -43,6 +44,11 @@ class Daemon:
         self.retrainer = Retrainer(settings, pipeline)
         self.retrainer.load_all()
         self.app = self._faust_app()
+        routed = self.metrics.hints_routed
+        self.forward = Forwarder(  # the URL as the group's assignment spells it
+            str(self.app.conf.canonical_url), self.app.router.external_topics_metadata,
+            settings.route_timeout_s, lambda outcome: routed.labels(outcome=outcome).inc())
+        self.replicas = HintReplicas(self) if settings.hint_port is not None else None
         self.dead_letters = DeadLetters(self)
         self.replication = ModelReplication(self)
         agents.install(self)

@@ -69,12 +69,17 @@ def run_daemon(settings: Settings, loglevel: str = "info") -> None:
         create_topics(bootstrap, settings.topic_partitions, **settings.kafka_config())
         daemon = build(settings, bootstrap)
         print(f"pakit-stream serving on http://{settings.web_host}:{settings.web_port}", flush=True)
+        if daemon.replicas is not None:
+            print(f"hint replicas serving on http://{settings.web_host}:{daemon.replicas.port}",
+                  flush=True)
         worker = faust.Worker(daemon.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
         try:
             worker.execute_from_commandline()
         except SystemExit:  # how Faust's worker says it stopped (SIGINT, SIGTERM)
             pass
         finally:
+            if daemon.replicas is not None:
+                daemon.replicas.stop()
             size = daemon.final_checkpoint()
             if size is None:  # a message was cut off between two of its slices
                 log.warning("no final checkpoint: a message was stopped half applied; the last "

@@ -1,5 +1,5 @@
-"""When the daemon acts on its own: checkpoints, consumer lag, event-loop lag, retraining and
-canary decisions (the last two on the group's leader only)."""
+"""When the daemon acts on its own: checkpoints, hint replicas, consumer lag, event-loop lag,
+retraining and canary decisions (the last two on the group's leader only)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ def install(daemon: Daemon) -> None:
         await daemon.checkpoint()
 
     app.timer(settings.checkpoint_interval_s, name="pakit_stream.checkpoint")(checkpoint)
+    if daemon.replicas is not None:  # a fresh hint replica (daemon.replica)
+        app.timer(settings.hint_refresh_s, name="pakit_stream.hint_replica")(
+            daemon.replicas.refresh)
 
     async def watch_loop() -> None:
         """How late the event loop runs a callback that is due: what every hint waits for on

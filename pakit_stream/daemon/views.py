@@ -8,7 +8,6 @@ events (:mod:`pakit_stream.routing`); the owner's answer comes back as it is.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ from prometheus_client import generate_latest
 
 from pakit_stream import __version__
 from pakit_stream.exceptions import DaemonError, PakitStreamError
-from pakit_stream.routing import FORWARDED, HINT_TOPICS, owner_of
+from pakit_stream.routing import FORWARDED
 from pakit_stream.serving.api import ROUTES, GateParams, openapi
 from pakit_stream.serving.hints import BadRequest
 from pakit_stream.specs import SPECS
@@ -32,51 +31,20 @@ __all__ = ["install"]
 log = logging.getLogger(__name__)
 
 
-class _NodeOnly(msgspec.Struct):
-    node_id: str | None = None
-
-
 def install(daemon: Daemon) -> None:
     app, hints, retrainer, settings = daemon.app, daemon.hints, daemon.retrainer, daemon.settings
     registry = daemon.metrics.registry
     admin_token = settings.admin_token
-    own_url = str(app.conf.canonical_url).rstrip("/")  # as the assignment spells it
-    routed = hints.pipeline.metrics.hints_routed
-    session = []  # one aiohttp session, made on first use (inside the running loop)
+    forward = daemon.forward
 
     async def forwarded(view: View, kind: str, request: Request, body: bytes
                         ) -> Response | None:
-        """The owner's answer to a hint about a node this worker does not own; ``None``: answer
-        here (this worker owns the node, the request was forwarded already, there is no
-        ``node_id``, or the owner did not answer in time)."""
-        topic = HINT_TOPICS.get(kind)
-        if topic is None or request.headers.get(FORWARDED):
+        """The owner's answer to a hint about a node this worker does not own; ``None``:
+        answer here (:class:`~pakit_stream.routing.Forwarder`)."""
+        answer = await forward(kind, body, request.headers.get(FORWARDED))
+        if answer is None:
             return None
-        try:
-            node = msgspec.json.decode(body, type=_NodeOnly).node_id
-        except msgspec.MsgspecError:
-            return None  # the local answer explains what is wrong with the request
-        owner = None if node is None else owner_of(
-            node, app.router.external_topics_metadata(), topic)
-        if owner is None or owner.rstrip("/") == own_url:
-            return None
-        import aiohttp
-
-        if not session:
-            session.append(aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=settings.route_timeout_s)))
-        try:
-            async with session[0].post(f"{owner.rstrip('/')}/v1/hints/{kind}", data=body,
-                                       headers={FORWARDED: own_url,
-                                                "Content-Type": "application/json"}) as r:
-                text = await r.read()
-                status = r.status
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            log.warning("the owner %s of node %s did not answer a %s hint (%r); answering "
-                        "here", owner, node, kind, exc)
-            routed.labels(outcome="owner_failed").inc()
-            return None
-        routed.labels(outcome="forwarded").inc()
+        status, text, owner = answer
         return view.bytes(text, status=status, content_type="application/json",
                           headers={"X-Pakit-Answered-By": owner})
 

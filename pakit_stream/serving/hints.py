@@ -47,9 +47,13 @@ from pakit_stream.learners.prefetch import Proposal
 from pakit_stream.specs import CODEC_MODEL, PREFETCH_MODEL
 
 if TYPE_CHECKING:
+    from pakit_stream.metrics import Metrics
     from pakit_stream.pipeline import Pipeline
 
-__all__ = ["HintService", "BadRequest"]
+__all__ = ["HintService", "Meter", "BadRequest", "HINTS"]
+
+#: the hint kinds, as metrics and routes name them
+HINTS = ("peer", "network", "similar", "compression", "prefetch")
 
 
 class BadRequest(InvalidEventError):
@@ -107,23 +111,41 @@ def _decode(body: bytes, kind):
         raise BadRequest(str(exc)) from None
 
 
+class Meter:
+    """What a :class:`HintService` counts as it answers, into the worker's metrics (a hint
+    replica counts through :class:`pakit_stream.daemon.replica.PipeMeter` instead)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._latency = {h: metrics.hint_latency.labels(hint=h) for h in HINTS}
+
+    def hint(self, hint: str, source: str, seconds: float | None = None) -> None:
+        """One hint answered from ``source`` (``error``: refused) in ``seconds``."""
+        self.metrics.hints.labels(hint=hint, source=source).inc()
+        if seconds is not None:
+            self._latency[hint].observe(seconds)
+
+    def canary(self, model: str, arm: str) -> None:
+        """One hint answered by ``arm`` of ``model``'s canary."""
+        self.metrics.canary_hints.labels(model=model, arm=arm).inc()
+
+    def lsh_query(self, seconds: float) -> None:
+        self.metrics.lsh_query.observe(seconds)
+
+
 class HintService:
     """The hints, in process; the HTTP views call these same methods."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, meter: Meter | None = None) -> None:
         self.pipeline = pipeline
-        m = pipeline.metrics
-        self._latency = {h: m.hint_latency.labels(hint=h)
-                         for h in ("peer", "network", "similar", "compression", "prefetch")}
-        self._requests = m.hints
+        self.meter = meter or Meter(pipeline.metrics)
         self._rng = random.Random()
 
     def _done(self, hint: str, source: str, started: float) -> None:
-        self._requests.labels(hint=hint, source=source).inc()
-        self._latency[hint].observe(time.perf_counter() - started)
+        self.meter.hint(hint, source, time.perf_counter() - started)
 
     def _fail(self, hint: str, exc: Exception) -> None:
-        self._requests.labels(hint=hint, source="error").inc()
+        self.meter.hint(hint, "error")
         raise exc
 
     def _parse(self, hint: str, body: bytes, kind):
@@ -184,7 +206,7 @@ class HintService:
         dedup, crowds = self.pipeline.dedup, self.pipeline.crowds
         if req.block_hash in dedup and not self._few("fingerprint", req.block_hash):
             similar = dedup.find_similar_blocks(req.block_hash, req.top_k, req.min_jaccard)
-            self.pipeline.metrics.lsh_query.observe(dedup.last_query_seconds)
+            self.meter.lsh_query(dedup.last_query_seconds)
             if crowds is not None:
                 similar = [s for s in similar if crowds.known("fingerprint", s["block_hash"])]
             source = "learned"
@@ -284,7 +306,7 @@ class HintService:
         if canary is None:
             return None
         arm = "canary" if canary.serves(node_id) else "serving"
-        self.pipeline.metrics.canary_hints.labels(model=name, arm=arm).inc()
+        self.meter.canary(name, arm)
         return canary.model if arm == "canary" else None
 
     def health(self) -> Health:
