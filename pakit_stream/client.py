@@ -14,13 +14,16 @@ network      push, fanout 6, TTL 10
 compression  zstd-3 above 100 kB, else lz4
 prefetch     nothing
 similar      nothing (a block is only known to be identical to itself)
+codec_policy no rules: every block gets the compression fallback
 ===========  ==========================================================================
 
 After ``failures`` failures in a row the breaker opens: for ``cooldown`` seconds the client
 answers the fallback without asking (error ``circuit open``), then lets one call through, and
 closes on its success. A request the daemon refuses as malformed (HTTP 4xx) is the caller's
-bug: it raises :class:`HintRequestError` and does not count against the daemon. Peer and
-gossip answers are cached for ``cache_ttl`` seconds per identical request (0 turns it off).
+bug: it raises :class:`HintRequestError` and does not count against the daemon. Peer, gossip
+and codec-policy answers are cached for ``cache_ttl`` seconds per identical request (0 turns it
+off). ``codec_policy()`` gives the compiled codec decisions, for a node to apply per block
+without asking (:meth:`CodecPolicy.from_dict <pakit_stream.learners.codec.CodecPolicy.from_dict>`).
 
 :class:`HintClient` is synchronous; :class:`AsyncHintClient` has the same methods as
 coroutines. Both hold a connection pool: make one per node and close it (or use ``with``).
@@ -42,12 +45,12 @@ import httpx
 import msgspec
 
 from pakit_stream.exceptions import PakitStreamError, UsageError
-from pakit_stream.learners.codec import heuristic_codec
+from pakit_stream.learners.codec import CodecPolicy, heuristic_codec
 from pakit_stream.learners.network import fallback_answer
 
 __all__ = ["HintClient", "AsyncHintClient", "HintRequestError", "fallback"]
 
-_CACHED = frozenset({"peer", "network"})  # answers that change slowly
+_CACHED = frozenset({"peer", "network", "codec_policy"})  # answers that change slowly
 
 
 class HintRequestError(PakitStreamError, ValueError):
@@ -80,6 +83,8 @@ def fallback(kind: str, request: dict[str, Any], error: str,
                 "model_version": None, **base}
     if kind == "similar":
         return {"block_hash": request["block_hash"], "similar": [], **base}
+    if kind == "codec_policy":
+        return {**CodecPolicy.fallback().as_dict(), **base}
     raise UsageError(f"unknown hint {kind!r}")
 
 
@@ -133,6 +138,8 @@ class _Core:
             if request.get("min_jaccard") is not None:
                 query["min_jaccard"] = request["min_jaccard"]
             return "GET", f"/v1/hints/similar/{request['block_hash']}", None, query
+        if kind == "codec_policy":
+            return "GET", "/v1/policies/codec", None, {}
         body = {k: v for k, v in request.items() if v is not None}
         return "POST", f"/v1/hints/{kind}", msgspec.json.encode(body), {}
 
@@ -263,6 +270,11 @@ class HintClient(_Core):
         """``{block_hash, similar: [{block_hash, jaccard}], source}``."""
         return self._ask("similar", _similar(block_hash, top_k, min_jaccard))
 
+    def codec_policy(self) -> dict:
+        """``{version, default, rules, source}``: the compiled codec decisions; apply them
+        with ``CodecPolicy.from_dict(answer).choose(size, recent, probe)``."""
+        return self._ask("codec_policy", {})
+
     def close(self) -> None:
         self._http.close()
 
@@ -317,6 +329,9 @@ class AsyncHintClient(_Core):
 
     async def similar(self, block_hash: str, top_k: int = 5, min_jaccard=None) -> dict:
         return await self._ask("similar", _similar(block_hash, top_k, min_jaccard))
+
+    async def codec_policy(self) -> dict:
+        return await self._ask("codec_policy", {})
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -16,8 +16,11 @@ Nodes come in pairs that see the same workload: the same trace segment, the same
 jitter and losses of every fetch, the same blocks, the same gossip networks. Within a pair, the
 node whose ``node_id`` hashes lower is in the **treatment** group: it asks the daemon through
 :class:`~pakit_stream.client.HintClient` (under its deadline and fallback) and acts on the
-answers (the peer it fetches from, the blocks it prefetches into its cache, the codec, the
-gossip setting). The other, the **control**, follows fixed rules: a random candidate, no
+answers (the peer it fetches from, the blocks it prefetches into its cache, the gossip
+setting); it stores each block with the codec of the compiled codec policy it fetches every
+``policy_refresh_s`` and applies locally. It pays for choosing: the wait for a peer hint is
+part of the fetch's latency, and a stored block is charged the policy's lookup and, where the
+rule reads it, the probe. The other, the **control**, follows fixed rules: a random candidate, no
 prefetch, zstd-3 above 100 kB else lz4, push with fanout 6 / TTL 10. Both publish their
 telemetry through :class:`~pakit_stream.telemetry.TelemetryCollector`, so the daemon learns
 from both.
@@ -54,7 +57,7 @@ from pakit_stream.client import HintClient
 from pakit_stream.demo import DaemonProcess
 from pakit_stream.evaluation.intervals import mean_interval
 from pakit_stream.exceptions import DataError, UsageError
-from pakit_stream.learners.codec import heuristic_codec
+from pakit_stream.learners.codec import CodecPolicy, heuristic_codec
 from pakit_stream.learners.network import FALLBACK_FANOUT, FALLBACK_TTL
 from pakit_stream.replay.blocks import chunk_tree
 from pakit_stream.replay.gossip import LOSSES, SIZES, broadcast, round_event
@@ -237,12 +240,25 @@ class Node:
         self.collector, self.hints = collector, hints
         self.rng = random.Random(seed)  # the control's own choices
         self.hint_ms: list[tuple[str, float, bool]] = []  # (hint, ms, answered by fallback)
+        self.policy: CodecPolicy | None = None  # the codec decisions, as last fetched
+        self.policy_source, self.policy_due = "fallback", 0.0
+        self.recent: float | None = None  # the lz4 ratio of the node's last stored block
 
     def ask(self, kind: str, **request) -> dict:
         t0 = time.perf_counter()
         answer = getattr(self.hints, kind)(**request)
         self.hint_ms.append((kind, (time.perf_counter() - t0) * 1e3, "error" in answer))
         return answer
+
+    def codec_policy(self, refresh_s: float) -> CodecPolicy:
+        """The compiled codec decisions, fetched again every ``refresh_s`` (after a
+        fallback, within a second)."""
+        now = time.monotonic()
+        if self.policy is None or now >= self.policy_due:
+            answer = self.ask("codec_policy")
+            self.policy, self.policy_source = CodecPolicy.from_dict(answer), answer["source"]
+            self.policy_due = now + (1.0 if "error" in answer else refresh_s)
+        return self.policy
 
 
 class Experiment:
@@ -252,12 +268,13 @@ class Experiment:
                  spool_dir: Path, nodes: int = 8, *, cache_blocks: int | None = None,
                  reads_per_tick: int = 2, store_every: int = 4, gossip_every: int = 8,
                  slice_seconds: float = 1.0, hint_timeout: float = 0.05, seed: int = 0,
-                 settings: Settings | None = None) -> None:
+                 policy_refresh_s: float = 10.0, settings: Settings | None = None) -> None:
         check(nodes)
         self.w, self.seed = workload, seed
         self.settings = settings or Settings()
         self.reads_per_tick, self.store_every = reads_per_tick, store_every
         self.gossip_every, self.slice_seconds = gossip_every, slice_seconds
+        self.policy_refresh_s = policy_refresh_s
         pairs = nodes // 2
         rng = np.random.default_rng(seed)
         hosts = rng.permutation(workload.matrix.hosts)[:pairs]
@@ -337,8 +354,10 @@ class Experiment:
         names = [replay.peer_name(p) for p in step.candidates]
         k = len(names)
         for node in self.pairs[j]:
+            waited = 0.0  # the hint is on the fetch's path: its wait is the fetch's
             if node.hints is not None:
                 a = node.ask("peer", node_id=node.node_id, available_peers=names)
+                waited = node.hint_ms[-1][1]
                 chosen = a["peer_id"]
                 self.answers["peer"][a["source"]] += 1
                 i = names.index(chosen) if chosen in names else node.rng.randrange(k)
@@ -346,7 +365,7 @@ class Experiment:
                 i = node.rng.randrange(k)
             peer = step.candidates[i]
             ok, ms = step.fetch(peer)
-            self._sample(elapsed, node, "fetch_ms", ms)
+            self._sample(elapsed, node, "fetch_ms", ms + waited)
             self._sample(elapsed, node, "fetch_ok", ok)
             node.collector.record(**{**replay.event(step, peer, ok, ms),
                                      "node_id": node.node_id, "ts": time.time()})
@@ -355,20 +374,16 @@ class Experiment:
         s, size = self.settings, block.stored["block_size"]
         lam, paid_us = s.codec_cpu_bytes_per_us, 0.0
         if node.hints is not None:
-            ask = {"block_size": size, "block_depth": block.stored["block_depth"],
-                   "node_id": node.node_id}
-            answer = node.ask("compression", **ask)
-            paid_us = s.codec_lookup_us
-            if answer.get("probe_recommended") and "error" not in answer:
-                # the rule for this size reads the probe: compute it, and ask with it
-                answer = node.ask("compression", **ask, probe_ratio=block.stored["probe_ratio"],
-                                  entropy=block.stored["entropy"],
-                                  parent_count=block.stored["parent_count"])
-                paid_us += s.codec_probe_us + s.codec_entropy_us
-            codec = answer["algorithm"]
-            self.answers["compression"][f"{codec} {answer['source']}"] += 1
+            # the compiled decisions, applied locally: a lookup, plus the probe where the
+            # rule for this size reads it
+            policy = node.codec_policy(self.policy_refresh_s)
+            codec, probed = policy.choose(size, node.recent, block.stored["probe_ratio"])
+            paid_us = s.codec_lookup_us + (s.codec_probe_us if probed else 0.0)
+            self.answers["compression"][f"{codec} {node.policy_source}"] += 1
         else:
             codec = heuristic_codec(size)
+        if "lz4" in block.costs:
+            node.recent = block.costs["lz4"][0] / max(size, 1)
         size_c, us = block.costs.get(codec, block.costs["none"])
         self._sample(elapsed, node, "storage_cost", size_c + lam * (us + paid_us))
         node.collector.record(**{**block.stored, "node_id": node.node_id, "ts": time.time(),

@@ -9,6 +9,7 @@ import pytest
 
 from pakit_stream.broker import free_port
 from pakit_stream.client import AsyncHintClient, HintClient, HintRequestError
+from pakit_stream.learners.codec import CodecPolicy
 
 from . import events as ev
 
@@ -47,8 +48,10 @@ def slow_daemon():
 
 def test_the_client_asks_a_real_daemon_for_every_hint(daemon_factory, producer):
     daemon = daemon_factory()
-    sent = {"pakit.peers": 300, "pakit.access": 100, "pakit.fingerprints": 20}
+    sent = {"pakit.peers": 300, "pakit.access": 100, "pakit.fingerprints": 20,
+            "pakit.blocks": 64}
     for topic, events in (("pakit.peers", [ev.peer_fetch(i) for i in range(300)]),
+                          ("pakit.blocks", [ev.stored(i) for i in range(64)]),
                           ("pakit.access", [ev.accessed(i, "node-0", True) for i in range(100)]),
                           ("pakit.fingerprints", [ev.fingerprint(i) for i in range(20)])):
         producer.send(topic, key=b"node-a", value=ev.pack(events)).get(timeout=10)
@@ -61,7 +64,13 @@ def test_the_client_asks_a_real_daemon_for_every_hint(daemon_factory, producer):
         assert "proposals" in hints.prefetch("node-0", k=3, cache_blocks=100)
         similar = hints.similar(ev.block_hash(100_000))
         assert similar["source"] == "learned"
-        assert hints.stats["answered"] == 5 and hints.stats["fallback"] == 0
+        # the compiled codec decisions, applied locally, choose what the per-block hint does
+        answer = hints.codec_policy()
+        assert answer["source"] == "learned" and answer["rules"]
+        policy = CodecPolicy.from_dict(answer)
+        for size in sorted({ev.stored(i)["block_size"] for i in range(64)}):
+            assert policy.choose(size) == (hints.compression(size)["algorithm"], False)
+        assert hints.stats["answered"] == 70 and hints.stats["fallback"] == 0
         # a second identical peer question within the cache's life is answered locally
         assert hints.peer("node-a", ["peer-slow", "peer-fast"]) == peer
         assert hints.stats["cached"] == 1
@@ -89,7 +98,9 @@ def test_a_stopped_daemon_gets_the_fallback_and_opens_the_breaker():
                           "error": "circuit open"}
         assert time.perf_counter() - started < 0.01  # the daemon is not asked at all
         assert hints.prefetch("node-1")["blocks"] == []
-        assert hints.stats == {"calls": 5, "answered": 0, "cached": 0, "fallback": 5}
+        policy = CodecPolicy.from_dict(hints.codec_policy())  # no rules: the fixed rule
+        assert policy.choose(262144) == ("zstd-3", False) and policy.choose(4096)[0] == "lz4"
+        assert hints.stats == {"calls": 6, "answered": 0, "cached": 0, "fallback": 6}
 
 
 def test_a_slow_daemon_is_cut_off_at_the_deadline_and_retried_after_the_cooldown(slow_daemon):

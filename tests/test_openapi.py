@@ -48,7 +48,7 @@ def test_the_served_document_is_valid_openapi_and_lists_every_route(daemon):
 
 
 def test_every_request_schemathesis_makes_is_answered_as_documented(daemon, hint_port):
-    """On the API port, and for the hint routes on the hint replicas' port too."""
+    """On the API port, and for the hints and the codec policy on the replicas' port too."""
     import schemathesis
     from schemathesis import GenerationMode
     from schemathesis.checks import (content_type_conformance, negative_data_rejection,
@@ -80,7 +80,7 @@ def test_every_request_schemathesis_makes_is_answered_as_documented(daemon, hint
             def conforms(case):
                 case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"},
                                        checks=checks + extra, timeout=30)
-                if route.name.startswith("hint_"):
+                if route.name.startswith(("hint_", "policy_")):
                     case.call_and_validate(base_url=replicas, checks=checks + extra, timeout=30)
 
             conforms()

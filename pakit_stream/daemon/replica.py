@@ -2,7 +2,8 @@
 
 A worker's event loop learns and answers hints in turns, so while it ingests a hint waits for
 slices, forks, collections and decoding (README, "Hint latency"). With ``PAKIT_STREAM_HINT_PORT``
-set, the worker also serves the hint routes on that port from a **replica**: every
+set, the worker also serves the hint routes (and the codec policy) on that port from a
+**replica**: every
 ``PAKIT_STREAM_HINT_REFRESH_S`` it forks, at a moment when no message is half applied
 (:meth:`Pipeline.quiet <pakit_stream.pipeline.Pipeline.quiet>`), as the checkpoint does. The
 child holds a copy-on-write image of the learners, answers hints from it with the same
@@ -267,12 +268,16 @@ class HintReplicas:
                 response.force_close()
             return response
 
+        async def policy(request: web.Request) -> web.Response:
+            return answer(hints.codec_policy)
+
+        handlers = {"hint_similar": similar, "policy_codec": policy,
+                    **{f"hint_{kind}": posted(kind)
+                       for kind in ("peer", "network", "compression", "prefetch")}}
         app = web.Application(middlewares=[closing])
-        for route in ROUTES:  # the hint routes of the one route table
-            if route.name.startswith("hint_"):
-                kind = route.name.removeprefix("hint_")
-                app.router.add_route(route.method.upper(), route.path,
-                                     similar if kind == "similar" else posted(kind))
+        for route in ROUTES:  # what nodes ask, as the one route table has it
+            if route.name in handlers:
+                app.router.add_route(route.method.upper(), route.path, handlers[route.name])
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         site = web.SockSite(runner, self.sock)

@@ -95,6 +95,10 @@ def install(daemon: Daemon) -> None:
             return answer(self, hints.similar, block_hash, request.query.get("top_k", "5"),
                           request.query.get("min_jaccard"))
 
+    class CodecPolicy(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(hints.codec_policy())
+
     class Rollback(View):
         async def post(self, request: Request, name: str) -> Response:
             if (error := refused(self, request, name)) is not None:
@@ -128,7 +132,8 @@ def install(daemon: Daemon) -> None:
     views = {"health": Health, "metrics": Metrics, "openapi": OpenAPI,
              **{f"hint_{kind}": posted_hint(kind)
                 for kind in ("peer", "network", "compression", "prefetch")},
-             "hint_similar": SimilarHint, "admin_rollback": Rollback, "admin_retrain": Retrain,
+             "hint_similar": SimilarHint, "policy_codec": CodecPolicy,
+             "admin_rollback": Rollback, "admin_retrain": Retrain,
              "admin_gate": Gate}
     # installed from the table the OpenAPI document is made from: the two cannot differ
     if views.keys() != {route.name for route in ROUTES}:

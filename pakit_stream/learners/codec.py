@@ -107,13 +107,44 @@ class CodecPolicy:
 
     ``rules[size bucket] = (expert, table)``: ``table`` maps the expert's features (recent
     and/or probe bucket) to a codec; an expert without features maps ``()``. Sizes never seen
-    use the nearest bucket.
+    use the nearest bucket; with no rule at all, ``default`` (``None``: the fixed rule,
+    :func:`heuristic_codec`). The daemon serves it as JSON (``GET /v1/policies/codec``,
+    :meth:`as_dict`); a node rebuilds it (:meth:`from_dict`) and chooses locally.
+
+    >>> policy = CodecPolicy({32: ("probe", {(10,): "zstd-9", (19,): "lz4", "noprobe": "lz4"})},
+    ...                      None, version=7)
+    >>> again = CodecPolicy.from_dict(policy.as_dict())
+    >>> again.choose(65536, probe=0.52), again.choose(65536), again.version
+    (('zstd-9', True), ('lz4', False), 7)
+    >>> CodecPolicy.fallback().choose(262144), CodecPolicy.fallback().choose(4096)
+    (('zstd-3', False), ('lz4', False))
     """
 
-    def __init__(self, rules: dict[int, tuple[str, dict[tuple, str]]], default: str,
+    def __init__(self, rules: dict[int, tuple[str, dict[tuple, str]]], default: str | None,
                  version: int = 0) -> None:
         self.rules, self.default, self.version = rules, default, version
         self._sizes = sorted(rules)
+
+    @classmethod
+    def fallback(cls) -> CodecPolicy:
+        """No rule: every block gets the fixed rule's codec."""
+        return cls({}, None)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The policy as JSON-able data (the API's ``CodecPolicyAnswer`` without ``source``)."""
+        return {"version": self.version, "default": self.default,
+                "rules": [{"size_bucket": s, "expert": expert,
+                           "table": [{"key": key if key == "noprobe" else list(key),
+                                      "codec": codec} for key, codec in table.items()]}
+                          for s, (expert, table) in sorted(self.rules.items())]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CodecPolicy:
+        """The policy :meth:`as_dict` gave (an answer's extra keys are ignored)."""
+        rules = {int(rule["size_bucket"]): (
+            rule["expert"], {d["key"] if d["key"] == "noprobe" else tuple(d["key"]): d["codec"]
+                             for d in rule["table"]}) for rule in data.get("rules", ())}
+        return cls(rules, data.get("default"), int(data.get("version", 0)))
 
     def _rule(self, size: int) -> tuple[str, dict[tuple, str]] | None:
         s = size_bucket(size)
@@ -130,9 +161,10 @@ class CodecPolicy:
                probe: Callable[[], float] | float | None = None) -> tuple[str, bool]:
         """``(codec, probed)``; ``probe`` is the probe ratio or a function computing it,
         called only when the rule reads it."""
+        default = self.default or heuristic_codec(size)
         rule = self._rule(size)
         if rule is None:
-            return self.default, False
+            return default, False
         expert, table = rule
         feats = EXPERTS.get(expert, ())
         key: tuple = ()
@@ -141,11 +173,11 @@ class CodecPolicy:
             key += (ratio_bucket(recent),)
         if "probe" in feats:
             if probe is None:
-                return table.get("noprobe", self.default), False
+                return table.get("noprobe", default), False
             value = probe() if callable(probe) else probe
             key += (ratio_bucket(value),)
             probed = True
-        return table.get(key, table.get("noprobe", self.default)), probed
+        return table.get(key, table.get("noprobe", default)), probed
 
 
 class CodecCostModel(OnlineModel):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = ["Source", "PeerHint", "NetworkHint", "Similar", "SimilarHint", "CompressionHint",
-           "Position", "Proposal", "PrefetchHint", "Health", "RetrainOutcome", "Rollback",
-           "Error"]
+           "Position", "Proposal", "PrefetchHint", "CodecDecision", "CodecRule",
+           "CodecPolicyAnswer", "Health", "RetrainOutcome", "Rollback", "Error"]
 
 Source = Literal["learned", "explore", "fallback"]
 
@@ -56,6 +56,37 @@ class CompressionHint(TypedDict):
     probe_used: bool
     probe_recommended: bool
     model_version: str | None
+    source: Source
+
+
+class CodecDecision(TypedDict):
+    """One line of a rule's table: the buckets of the features the rule reads (the recent
+    and/or probe lz4 ratio, each ``int(ratio / 0.05)``, ``-1`` unknown; ``[]`` for a rule that
+    reads none), or ``"noprobe"``: the codec for a block sent without its probe."""
+
+    key: list[int] | Literal["noprobe"]
+    codec: str
+
+
+class CodecRule(TypedDict):
+    """The rule for blocks of one half-octave size bucket, ``round(2 * log2(size))``: the
+    leading expert (``fixed:CODEC``, ``size``, ``recent``, ``probe``, ``recent+probe``) and its
+    decisions. A size without a rule uses the nearest bucket's."""
+
+    size_bucket: int
+    expert: str
+    table: list[CodecDecision]
+
+
+class CodecPolicyAnswer(TypedDict):
+    """The codec decisions compiled for nodes to apply locally (a dict lookup per block, plus
+    the probe where the rule reads it): ``pakit_stream.learners.codec.CodecPolicy.from_dict``
+    rebuilds it. ``default``: the codec where no rule applies (null: zstd-3 above 100 kB,
+    else lz4); ``version``: the learner's update count when it was compiled."""
+
+    version: int
+    default: str | None
+    rules: list[CodecRule]
     source: Source
 
 

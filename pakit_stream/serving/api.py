@@ -76,6 +76,8 @@ ROUTES: tuple[Route, ...] = (
           answers.PrefetchHint, body=PrefetchHintRequest, errors=_MALFORMED),
     Route("hint_similar", "get", "/v1/hints/similar/{block_hash}", "Near-duplicate blocks",
           answers.SimilarHint, params=SimilarHintRequest, errors=_MALFORMED),
+    Route("policy_codec", "get", "/v1/policies/codec",
+          "The codec decisions compiled for nodes to apply locally", answers.CodecPolicyAnswer),
     Route("admin_rollback", "post", "/v1/admin/models/{name}/rollback",
           "End the running canary, else serve the previous version", answers.Rollback,
           params=ModelParams, errors={**_ADMIN, **_REFUSED}, admin=True),
@@ -87,6 +89,8 @@ ROUTES: tuple[Route, ...] = (
 )
 
 _REF = "#/components/schemas/{name}"
+#: the longest request line (and header) aiohttp reads, under Faust's views and the replicas
+MAX_LINE = 8190
 _SECURITY = "adminToken"
 
 
@@ -118,6 +122,11 @@ def _operation(route: Route, refs: dict[Any, dict]) -> dict[str, Any]:
     for status, why in sorted(route.errors.items()):
         responses[str(status)] = {"description": why, "content": {
             "application/json": {"schema": refs[answers.Error]}}}
+    if route.params is not None and 400 in route.errors:
+        # refused by the HTTP server before the route sees it, in its own words
+        responses["400"]["description"] += (f"; a request line longer than {MAX_LINE} bytes "
+                                             "(a long query) is refused as text")
+        responses["400"]["content"]["text/plain"] = {"schema": {"type": "string"}}
     op: dict[str, Any] = {"operationId": route.name, "summary": route.summary,
                           "responses": responses}
     if parameters := _parameters(route):

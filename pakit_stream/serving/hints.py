@@ -37,10 +37,10 @@ from msgspec import Meta, Struct
 from pakit_stream.events.schema import (BlockHash, ContextKey, Fraction, Identifier, Millis,
                                         check_peer_context)
 from pakit_stream.features import codec_features
-from pakit_stream.serving.answers import (CompressionHint, Health, NetworkHint, PeerHint,
-                                          PrefetchHint, SimilarHint)
+from pakit_stream.serving.answers import (CodecPolicyAnswer, CompressionHint, Health,
+                                          NetworkHint, PeerHint, PrefetchHint, SimilarHint)
 from pakit_stream.exceptions import InvalidEventError
-from pakit_stream.learners.codec import CodecChoice
+from pakit_stream.learners.codec import CodecChoice, CodecPolicy
 from pakit_stream.learners.network import fallback_answer
 from pakit_stream.learners.peers import PeerChoice
 from pakit_stream.learners.prefetch import Proposal
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["HintService", "Meter", "BadRequest", "HINTS"]
 
 #: the hint kinds, as metrics and routes name them
-HINTS = ("peer", "network", "similar", "compression", "prefetch")
+HINTS = ("peer", "network", "similar", "compression", "prefetch", "codec_policy")
 
 
 class BadRequest(InvalidEventError):
@@ -241,6 +241,19 @@ class HintService:
                   "source": choice.source}
         self._done("compression", answer["source"], started)
         return answer
+
+    def codec_policy(self) -> CodecPolicyAnswer:
+        """The codec cost model's decisions, compiled (:meth:`CodecCostModel.policy
+        <pakit_stream.learners.codec.CodecCostModel.policy>`): what a node applies locally
+        instead of asking per block. Pooled over nodes (no node's own costs); before any data,
+        and with k-anonymity on until k nodes reported, the fixed rule (no rules)."""
+        started = time.perf_counter()
+        if self._few("codec") or not self.pipeline.codec.n_updates:
+            policy, source = CodecPolicy.fallback(), "fallback"
+        else:
+            policy, source = self.pipeline.codec.policy(), "learned"
+        self._done("codec_policy", source, started)
+        return {**policy.as_dict(), "source": source}
 
     def prefetch(self, body: bytes) -> PrefetchHint:
         """``{node_id, recent_accesses, k, cache_blocks, object_id?, chunk_index?}`` →
