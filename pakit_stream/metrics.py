@@ -90,8 +90,10 @@ class Metrics:
             "the process, by generation.", ["generation"], namespace=ns, registry=r,
             buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0))
         self.hint_replica_refreshes = Counter(
-            "hint_replica_refreshes", "Hint replicas forked that started serving (ok), or that "
-            "exited with an error (failed).", ["outcome"], namespace=ns, registry=r)
+            "hint_replica_refreshes", "Hint replica refreshes: a replica forked that started "
+            "serving (ok); a fork that failed, or a replica that exited with an error (failed); "
+            "a refresh skipped because too many replicas were still draining (skipped).",
+            ["outcome"], namespace=ns, registry=r)
         self.hint_replica_age = Gauge(
             "hint_replica_age_seconds", "Age of the learner image the serving hint replica "
             "answers from (NaN: none serving).", namespace=ns, registry=r)

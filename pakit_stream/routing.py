@@ -24,13 +24,14 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from kafka.partitioner.default import murmur2
 
 from pakit_stream.settings import Settings
 
-__all__ = ["HINT_TOPICS", "FORWARDED", "owner_of", "advertised_url", "Forwarder"]
+__all__ = ["HINT_TOPICS", "FORWARDED", "owner_of", "advertised_url", "with_port", "Forwarder"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,18 @@ def advertised_url(settings: Settings) -> str:
     return f"http://{host}:{settings.web_port}"
 
 
+def with_port(url: str, port: int) -> str:
+    """``url`` at another port.
+
+    >>> with_port("http://10.0.0.7:6066", 6068), with_port("http://[::1]:6066/", 6068)
+    ('http://10.0.0.7:6068', 'http://[::1]:6068/')
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"[{host}]:{port}" if ":" in host
+                                     else f"{host}:{port}"))
+
+
 class _NodeOnly(msgspec.Struct):
     node_id: str | None = None
 
@@ -74,13 +87,15 @@ class Forwarder:
 
     ``distribution`` gives the group's ``{url: {topic: [partitions]}}`` now; ``count`` is told
     each outcome (``forwarded``, ``owner_failed``). Used by the worker's views and by its hint
-    replicas (:mod:`pakit_stream.daemon.replica`), which forward to the owner's worker.
+    replicas (:mod:`pakit_stream.daemon.replica`), which forward to the owner's ``port`` (its
+    hint replicas: every worker of a group runs with the same settings).
     """
 
     def __init__(self, own_url: str, distribution: Callable[[], Mapping], timeout_s: float,
-                 count: Callable[[str], None]) -> None:
+                 count: Callable[[str], None], port: int | None = None) -> None:
         self.own_url = own_url.rstrip("/")
         self.distribution, self.timeout_s, self.count = distribution, timeout_s, count
+        self.port = port
         self._session = None  # made on first use, inside the running loop
 
     async def __call__(self, kind: str, body: bytes, forwarded_by: str | None
@@ -98,6 +113,8 @@ class Forwarder:
         owner = None if node is None else owner_of(node, self.distribution(), topic)
         if owner is None or owner.rstrip("/") == self.own_url:
             return None
+        if self.port is not None:
+            owner = with_port(owner, self.port)
         import aiohttp
 
         if self._session is None:

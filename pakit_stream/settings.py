@@ -255,6 +255,9 @@ class Settings:
             raise ConfigError(f"web_port out of range: {self.web_port}")
         if self.hint_port is not None and not 0 <= self.hint_port <= 65535:
             raise ConfigError(f"hint_port out of range: {self.hint_port}")
+        if self.hint_port and self.hint_port == self.web_port:
+            raise ConfigError(f"hint_port and web_port are both {self.web_port}: the hint "
+                              "replicas need a port of their own")
         positive = ("topic_partitions", "apply_slice_s", "route_timeout_s", "hint_refresh_s", "checkpoint_interval_s", "rebalance_timeout_s", "max_message_bytes",
                     "max_event_bytes", "dlq_max_bytes", "codec_cpu_bytes_per_us", "codec_halflife", "retrain_check_s", "retrain_interval_s",
                     "retrain_min_new", "retrain_min_samples", "retrain_timeout_s", "retrain_threads",

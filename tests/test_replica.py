@@ -3,16 +3,22 @@ routes away from ingestion, refreshed and handed over without a request lost."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import msgspec
+
 from pakit_stream.broker import free_port
+from pakit_stream.daemon.replica import HintReplicas, PipeMeter
 
 from . import events as ev
 from .test_daemon import metric, send
@@ -82,7 +88,7 @@ def test_replicas_answer_what_the_worker_learned_and_hand_over_without_losing_a_
         producer, daemon_factory):
     port = free_port()
     daemon = daemon_factory(PAKIT_STREAM_HINT_PORT=port, PAKIT_STREAM_HINT_REFRESH_S=0.3,
-                            PAKIT_STREAM_GOSSIP_EPSILON=0)
+                            PAKIT_STREAM_GOSSIP_EPSILON=0.3)
     similar_path = f"/v1/hints/similar/{ev.block_hash(100_000)}?top_k=3"
     wait_for(lambda: metric(daemon, "pakit_stream_hint_replica_refreshes_total", outcome="ok"),
              what="a replica serving")
@@ -126,6 +132,18 @@ def test_replicas_answer_what_the_worker_learned_and_hand_over_without_losing_a_
                     == len(hammer.statuses), what="every network hint counted")
     assert metric(daemon, "pakit_stream_hint_replica_age_seconds") < 5
 
+    # each replica draws its own exploration, not the worker's draws replayed from the fork
+    ask(port, "POST", "/v1/hints/network", NETWORK)  # a replica of the 90 rounds serves
+
+    def sources() -> list[str]:
+        return [ask(port, "POST", "/v1/hints/network", NETWORK)[1]["source"] for _ in range(25)]
+
+    first = sources()
+    refreshed = refreshes()
+    wait_for(lambda: refreshes() >= refreshed + 2, what="another replica")
+    second = sources()
+    assert {"learned", "explore"} <= set(first + second) and first != second
+
     replicas = children(daemon.process.pid)
     assert replicas
     daemon.stop()
@@ -144,3 +162,72 @@ def test_replicas_of_a_killed_worker_exit(daemon_factory):
     daemon.process.wait(10)
     # orphaned, each notices within half a second and exits: nothing answers stale hints
     wait_for(lambda: not any(alive(p) for p in replicas), timeout=10, what="orphans exited")
+
+
+def test_a_replica_holds_none_of_the_workers_connections(daemon_factory):
+    """A connection the worker closes is closed for its client at once, though a replica
+    forked while it was open still lives (draining an idle kept-alive connection)."""
+    port = free_port()
+    daemon = daemon_factory(PAKIT_STREAM_HINT_PORT=port, PAKIT_STREAM_HINT_REFRESH_S=0.3)
+    wait_for(lambda: metric(daemon, "pakit_stream_hint_replica_refreshes_total", outcome="ok"),
+             what="a replica serving")
+    with socket.create_connection(("127.0.0.1", port)) as idle, \
+            socket.create_connection(("127.0.0.1", daemon.web_port)) as api:
+        idle.sendall(b"GET /v1/policies/codec HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # kept alive, then idle
+        api.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        api.settimeout(3.0)  # a replica that held the connection would delay its end by 5 s
+        received = b""
+        while chunk := api.recv(65536):
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200")
+
+
+def test_pipe_meter_writes_whole_lines_and_keeps_what_a_full_pipe_refuses():
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    try:
+        meter = PipeMeter(write)
+        for i in range(5000):
+            meter.hint("peer", "learned", i * 1e-6)
+        meter.canary("prefetch_engine", "canary")
+        meter.flush()  # 25 lines of 200 latencies each fill most of a 64 KiB pipe, not all
+        received = b""
+        while True:
+            meter.flush()
+            if not meter._lines:
+                break
+            received += os.read(read, 1 << 16)  # room again: the rest follows
+        os.set_blocking(read, False)
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(read, 1 << 16):
+                received += chunk
+    finally:
+        os.close(read)
+        os.close(write)
+    lines = [msgspec.json.decode(line) for line in received.split(b"\n") if line]
+    assert all(len(line) <= select.PIPE_BUF for line in received.split(b"\n"))
+    latencies = [v for kind, *rest in lines if kind == "hint" for v in rest[2]]
+    assert latencies == [i * 1e-6 for i in range(5000)]  # none lost, none twice, in order
+    assert ["count", "canary", "prefetch_engine", "canary", 1] in lines
+
+
+def test_a_replica_ready_stops_only_older_ones():
+    """Replicas A, B forked in that order: A's late "ready" stops nothing newer, B's stops A,
+    and a ready from A after B serves stops A only."""
+    stopped = []
+    replicas = HintReplicas.__new__(HintReplicas)  # the bookkeeping alone, no daemon
+    replicas.forked_at, replicas.stopping, replicas.serving = {100: 1.0, 200: 2.0}, {}, None
+    replicas._refreshes = type("Counter", (), {"labels": lambda self, **_: self,
+                                               "inc": lambda self, n=1: None})()
+    replicas._stop = lambda pid: (stopped.append(pid), replicas.stopping.update({pid: 0.0}))
+    replicas._ready(100)
+    assert (stopped, replicas.serving) == ([], 100)
+    replicas._ready(200)
+    assert (stopped, replicas.serving) == ([100], 200)
+    replicas.forked_at[300] = 3.0
+    replicas.stopping.clear()
+    stopped.clear()
+    replicas.serving = 300
+    replicas._ready(200)  # forked before the one serving: told to stop, serving unchanged
+    assert (stopped, replicas.serving) == ([200], 300)

@@ -3,29 +3,37 @@
 A worker's event loop learns and answers hints in turns, so while it ingests a hint waits for
 slices, forks, collections and decoding (README, "Hint latency"). With ``PAKIT_STREAM_HINT_PORT``
 set, the worker also serves the hint routes (and the codec policy) on that port from a
-**replica**: every
-``PAKIT_STREAM_HINT_REFRESH_S`` it forks, at a moment when no message is half applied
-(:meth:`Pipeline.quiet <pakit_stream.pipeline.Pipeline.quiet>`), as the checkpoint does. The
-child holds a copy-on-write image of the learners, answers hints from it with the same
-:class:`~pakit_stream.serving.hints.HintService` and nothing else, and never learns: its
-answers are at most one refresh old. The listening socket is made once by the worker and
-inherited by every replica, so a request is never refused during a handover:
+**replica**: at start and then every ``PAKIT_STREAM_HINT_REFRESH_S`` it forks, at a moment when
+no message is half applied (:meth:`Pipeline.quiet <pakit_stream.pipeline.Pipeline.quiet>`), as
+the checkpoint does. The child holds a copy-on-write image of the learners, answers hints from
+it with the same :class:`~pakit_stream.serving.hints.HintService` and nothing else, and never
+learns. The listening socket is made once by the worker and inherited by every replica, so a
+request is never refused during a handover:
 
 1. the new replica starts accepting and says so;
-2. the worker tells the previous one to stop (``SIGTERM``): it stops accepting, answers what
-   is in flight, closes each kept-alive connection after its next answer
-   (``Connection: close``), and exits when none is left, or after ``DRAIN_S``.
+2. the worker tells the replicas forked before it to stop (``SIGTERM``): each stops accepting,
+   answers what is in flight, closes each kept-alive connection after its next answer
+   (``Connection: close``), and exits when none is left, or after ``DRAIN_S``. One still alive
+   ``KILL_S`` after it was told is killed.
 
-A replica counts what it answers through a pipe to the worker (:class:`PipeMeter`), so the
-worker's ``/metrics`` show every hint, whichever process answered it. A hint about a node
-another worker owns is forwarded to that worker's API port
-(:class:`~pakit_stream.routing.Forwarder`), by the group assignment of the fork. A replica
-whose worker is gone exits within half a second.
+So an answer comes from an image at most one refresh old, or up to ``DRAIN_S`` older on a
+connection kept alive across a handover. At most ``MAX_LIVE`` replicas live at once: the
+worker skips a refresh rather than fork past that.
 
-What it costs: the fork holds the worker's loop for about as long as a checkpoint's (7 ms per
-150 MB of learners here), once per refresh; and each page the worker writes while a replica
-lives is copied, so memory grows by up to the learners' size per live replica (one, two during
-a handover).
+The child lets go of everything else it inherited: every descriptor but the socket and its
+pipe is pointed at ``/dev/null`` (a connection the worker closes is closed for its client at
+once), the worker's collection callbacks are dropped, and the learners' random generators
+are reseeded (each replica explores on draws of its own). It counts what it answers in memory
+and sends the counts to the worker every ``FLUSH_S`` over a pipe, in writes of at most
+``PIPE_BUF`` bytes (atomic, so two replicas' writes never interleave); a write that does not
+fit is kept and sent with the next. So the worker's ``/metrics`` count every hint, whichever
+process answered it. A hint about a node another worker owns is forwarded to that worker's
+hint port (:class:`~pakit_stream.routing.Forwarder`), by the group assignment of the fork. A
+replica whose worker is gone exits within about half a second.
+
+What it costs the worker: at each refresh, the wait for messages in flight and the fork
+(about 7 ms per 150 MB of learners here); and each page it writes while a replica lives is
+copied, so memory grows by up to the learners' size per live replica.
 """
 
 from __future__ import annotations
@@ -35,10 +43,13 @@ import contextlib
 import gc
 import logging
 import os
+import random
+import select
 import signal
 import socket
 import time
 import traceback
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -50,45 +61,85 @@ from pakit_stream.serving.hints import BadRequest, HintService
 if TYPE_CHECKING:
     from pakit_stream.daemon.core import Daemon
 
-__all__ = ["HintReplicas", "PipeMeter", "DRAIN_S"]
+__all__ = ["HintReplicas", "PipeMeter", "DRAIN_S", "KILL_S", "MAX_LIVE"]
 
 log = logging.getLogger(__name__)
 
-#: longest a stopped replica waits for its kept-alive connections to close
-DRAIN_S = 10.0
+#: longest a stopped replica waits for its kept-alive connections to close (a client's idle
+#: connection outlives it only if kept longer than httpx's default 5 s)
+DRAIN_S = 5.0
+#: a replica still alive this long after it was told to stop is killed
+KILL_S = DRAIN_S + 3.0
 #: a replica that has not said it is ready this long after its fork is killed
 START_S = 30.0
-_COUNTS = ("hint", "canary", "lsh_query", "routed")
+#: the most replicas alive at once (one serving, the rest draining or starting)
+MAX_LIVE = 4
+#: how often a replica sends its counts
+FLUSH_S = 0.1
+_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class PipeMeter:
-    """A replica's :class:`~pakit_stream.serving.hints.Meter`: each count goes to the worker as
-    a line of JSON on a pipe (a write under ``PIPE_BUF`` bytes is atomic). A full pipe drops
-    the count rather than delay a hint; the worker counts the drops it is told of."""
+    """A replica's :class:`~pakit_stream.serving.hints.Meter`: it counts in memory, and
+    :meth:`flush` sends the counts to the worker as lines of JSON, each write at most
+    ``PIPE_BUF`` bytes (atomic); what the pipe has no room for stays for the next flush."""
 
     def __init__(self, fd: int) -> None:
-        self.fd, self.dropped = fd, 0
-
-    def _send(self, *record) -> None:
-        try:
-            os.write(self.fd, msgspec.json.encode(record) + b"\n")
-        except BlockingIOError:
-            self.dropped += 1
+        self.fd = fd
+        self._hints: defaultdict[tuple[str, str], list] = defaultdict(list)  # -> [seconds]
+        self._counts: defaultdict[tuple, int] = defaultdict(int)  # (kind, *labels) -> n
+        self._lsh: list[float] = []
+        self._lines: list[bytes] = []  # encoded, not yet written
 
     def hint(self, hint: str, source: str, seconds: float | None = None) -> None:
-        self._send("hint", hint, source, seconds)
+        self._hints[hint, source].append(seconds)
 
     def canary(self, model: str, arm: str) -> None:
-        self._send("canary", model, arm)
+        self._counts["canary", model, arm] += 1
 
     def lsh_query(self, seconds: float) -> None:
-        self._send("lsh_query", seconds)
+        self._lsh.append(seconds)
 
     def routed(self, outcome: str) -> None:
-        self._send("routed", outcome)
+        self._counts["routed", outcome] += 1
 
-    def ready(self) -> None:
-        self._send("ready", os.getpid())
+    def _encode(self) -> None:
+        def chunks(values: list, size: int = 200):  # 200 latencies fit well under PIPE_BUF
+            for i in range(0, len(values), size):
+                yield values[i:i + size]
+
+        for (hint, source), seconds in self._hints.items():
+            self._lines += [msgspec.json.encode(("hint", hint, source, part))
+                            for part in chunks(seconds)]
+        self._lines += [msgspec.json.encode(("count", *key, n)) for key, n in self._counts.items()]
+        self._lines += [msgspec.json.encode(("lsh_query", part)) for part in chunks(self._lsh)]
+        self._hints.clear()
+        self._counts.clear()
+        self._lsh = []
+
+    def flush(self) -> None:
+        """Send what was counted; lines the pipe has no room for wait for the next flush."""
+        self._encode()
+        while self._lines:
+            try:
+                os.write(self.fd, self._lines[0] + b"\n")
+            except BlockingIOError:
+                return
+            self._lines.pop(0)
+
+    def ready(self, timeout: float = START_S) -> None:
+        """Say this replica accepts: retried until the pipe has room (the worker would
+        otherwise keep the previous one serving)."""
+        line = msgspec.json.encode(("ready", os.getpid())) + b"\n"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.write(self.fd, line)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise
+                select.select([], [self.fd], [], 0.05)
 
 
 class HintReplicas:
@@ -103,10 +154,10 @@ class HintReplicas:
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
         self._buffer = b""
-        self._reading = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the worker's, reading the pipe
         self.forked_at: dict[int, float] = {}  # live replicas -> when they were forked
         self.serving: int | None = None  # the newest replica that said it is ready
-        self.stopping: set[int] = set()
+        self.stopping: dict[int, float] = {}  # replicas told to stop -> when
         metrics = daemon.metrics
         self._refreshes = metrics.hint_replica_refreshes
         metrics.hint_replica_age.set_function(
@@ -115,21 +166,31 @@ class HintReplicas:
 
     # -- the worker's side ------------------------------------------------------------------------
     async def refresh(self) -> None:
-        """Fork a replica of the learners as they are now; the previous one is stopped once
-        the new one accepts."""
-        loop = asyncio.get_running_loop()
-        if not self._reading:
-            loop.add_reader(self._read_fd, self._drain)
-            self._reading = True
-        self._reap()
-        pipeline = self.daemon.pipeline
-        async with pipeline.quiet():
-            held = time.perf_counter()
-            pid = os.fork()
-            if pid == 0:
-                self._child()  # never returns
-            self.daemon.metrics.hint_replica_hold.observe(time.perf_counter() - held)
-        self.forked_at[pid] = time.time()
+        """Fork a replica of the learners as they are now; the older ones are stopped once
+        it accepts. Never raises: a failed fork leaves the serving replica serving."""
+        try:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+                self._loop.add_reader(self._read_fd, self._drain)
+            self._reap()
+            if len(self.forked_at) >= MAX_LIVE:
+                self._refreshes.labels(outcome="skipped").inc()
+                return
+            parent = os.getpid()
+            async with self.daemon.pipeline.quiet():
+                held = time.perf_counter()
+                signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # none lands mid-fork
+                try:
+                    pid = os.fork()
+                    if pid == 0:
+                        self._child(parent)  # never returns
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                self.daemon.metrics.hint_replica_hold.observe(time.perf_counter() - held)
+            self.forked_at[pid] = time.time()
+        except Exception:
+            self._refreshes.labels(outcome="failed").inc()
+            log.exception("a hint replica could not be forked; the serving one goes on")
 
     def _drain(self) -> None:
         """Apply the counts the replicas sent (on the worker's loop, when the pipe is
@@ -139,36 +200,49 @@ class HintReplicas:
         except BlockingIOError:
             return
         *lines, self._buffer = self._buffer.split(b"\n")
-        meter = self.daemon.hints.meter
+        meter, metrics = self.daemon.hints.meter, self.daemon.metrics
         for line in lines:
             try:
                 kind, *args = msgspec.json.decode(line)
                 if kind == "ready":
                     self._ready(int(args[0]))
-                elif kind == "routed":
-                    self.daemon.metrics.hints_routed.labels(outcome=args[0]).inc()
-                elif kind in _COUNTS:
-                    getattr(meter, kind)(*args)
+                elif kind == "hint":
+                    hint, source, seconds = args
+                    for value in seconds:
+                        meter.hint(hint, source, value)
+                elif kind == "lsh_query":
+                    for value in args[0]:
+                        meter.lsh_query(value)
+                elif kind == "count" and args[0] == "canary":
+                    metrics.canary_hints.labels(model=args[1], arm=args[2]).inc(args[3])
+                elif kind == "count" and args[0] == "routed":
+                    metrics.hints_routed.labels(outcome=args[1]).inc(args[2])
+                else:
+                    raise ValueError(kind)
             except (msgspec.MsgspecError, ValueError, TypeError, IndexError):
                 log.warning("a hint replica sent a count the worker cannot read: %r", line)
 
     def _ready(self, pid: int) -> None:
-        if pid not in self.forked_at:
+        if pid not in self.forked_at or pid in self.stopping:
             return
-        if self.serving is not None and self.forked_at[pid] < self.forked_at[self.serving]:
-            self._signal(pid, signal.SIGTERM)  # forked before the one serving, late to start
-            self.stopping.add(pid)
+        born = self.forked_at[pid]
+        if self.serving in self.forked_at and self.forked_at[self.serving] > born:
+            self._stop(pid)  # forked before the one serving, late to start
             return
-        for older in self.forked_at:
-            if older != pid and older not in self.stopping:
-                self._signal(older, signal.SIGTERM)
-                self.stopping.add(older)
+        for older, forked in self.forked_at.items():
+            if forked < born and older not in self.stopping:
+                self._stop(older)
         self.serving = pid
         self._refreshes.labels(outcome="ok").inc()
 
+    def _stop(self, pid: int) -> None:
+        self._signal(pid, signal.SIGTERM)
+        self.stopping[pid] = time.monotonic()
+
     def _reap(self) -> None:
-        """Collect replicas that exited; kill one that never became ready."""
-        now = time.time()
+        """Collect replicas that exited; kill one that never became ready, or that is still
+        draining ``KILL_S`` after it was told to stop."""
+        now, clock = time.time(), time.monotonic()
         for pid, forked in list(self.forked_at.items()):
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -176,14 +250,21 @@ class HintReplicas:
                 done, status = pid, 0
             if done:
                 del self.forked_at[pid]
-                self.stopping.discard(pid)
+                told = self.stopping.pop(pid, None)
                 if pid == self.serving:
                     self.serving = None
-                if os.waitstatus_to_exitcode(status) != 0:
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0 and not (told is not None and code == -signal.SIGTERM):
                     self._refreshes.labels(outcome="failed").inc()
-                    log.warning("hint replica %d exited with status %d", pid, status)
+                    log.warning("hint replica %d exited with %s", pid,
+                                f"signal {-code}" if code < 0 else f"status {code}")
+            elif pid in self.stopping and clock - self.stopping[pid] > KILL_S:
+                self._signal(pid, signal.SIGKILL)
+                log.warning("hint replica %d still draining %.0f s after it was told to "
+                            "stop; killed", pid, KILL_S)
             elif pid != self.serving and pid not in self.stopping and now - forked > START_S:
                 self._signal(pid, signal.SIGKILL)
+                self.stopping[pid] = clock
                 log.warning("hint replica %d did not start in %.0f s; killed", pid, START_S)
 
     @staticmethod
@@ -191,50 +272,79 @@ class HintReplicas:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop every replica (killed after ``timeout``) and close the socket."""
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop every replica (killed after ``timeout``: the worker is going, and its hints
+        with it) and close the socket and the pipe."""
         for pid in self.forked_at:
             self._signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while self.forked_at and time.monotonic() < deadline:
-            self._reap()
-            time.sleep(0.05)
+            for pid in list(self.forked_at):
+                with contextlib.suppress(ChildProcessError):
+                    if not os.waitpid(pid, os.WNOHANG)[0]:
+                        continue
+                del self.forked_at[pid]
+            time.sleep(0.02)
         for pid in list(self.forked_at):
             self._signal(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self.forked_at.clear()
+        self.serving = None
         self.sock.close()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._read_fd)
         for fd in (self._read_fd, self._write_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
     # -- the replica's side -----------------------------------------------------------------------
-    def _child(self) -> None:
+    def _child(self, parent: int) -> None:
         """The replica: serve until told to stop or orphaned, then exit (never returns)."""
         code = 1  # nothing here may touch the worker's loop, sockets or signal wake-up fd
         try:
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            for sig in _SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            gc.callbacks.clear()  # the worker's (they take its metrics' locks)
             gc.freeze()  # collections skip the image (and so leave its pages shared)
-            os.close(self._read_fd)
+            self._let_go()
+            _reseed(self.daemon.pipeline)
             loop = asyncio.SelectorEventLoop()
-            loop.run_until_complete(self._serve())
+            loop.run_until_complete(self._serve(parent))
             code = 0
         except BaseException:
             os.write(2, traceback.format_exc().encode())
         finally:
             os._exit(code)
 
-    async def _serve(self) -> None:
+    def _let_go(self) -> None:
+        """Point every inherited descriptor but stdio, the socket and the pipe at /dev/null:
+        the worker's connections close for their clients when the worker closes them, and a
+        stale Python object closing its number later closes nothing of ours."""
+        keep = {0, 1, 2, self.sock.fileno(), self._write_fd}
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            for name in os.listdir("/proc/self/fd"):
+                fd = int(name)
+                if fd not in keep and fd != null:
+                    with contextlib.suppress(OSError):
+                        os.dup2(null, fd, inheritable=False)
+        except FileNotFoundError:  # no /proc: leave them (only their clients wait longer)
+            pass
+        finally:
+            os.close(null)
+
+    async def _serve(self, parent: int) -> None:
         from aiohttp import web
 
-        daemon, parent = self.daemon, os.getppid()
+        daemon, settings = self.daemon, self.daemon.settings
         meter = PipeMeter(self._write_fd)
         hints = HintService(daemon.pipeline, meter)
         forward = Forwarder(daemon.forward.own_url, daemon.forward.distribution,
-                            daemon.settings.route_timeout_s, meter.routed)
+                            settings.route_timeout_s, meter.routed,
+                            port=settings.hint_port or None)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
 
@@ -261,6 +371,9 @@ class HintReplicas:
             return answer(hints.similar, request.match_info["block_hash"],
                           request.query.get("top_k", "5"), request.query.get("min_jaccard"))
 
+        async def policy(request: web.Request) -> web.Response:
+            return answer(hints.codec_policy)
+
         @web.middleware
         async def closing(request: web.Request, handler) -> web.StreamResponse:
             response = await handler(request)
@@ -268,16 +381,14 @@ class HintReplicas:
                 response.force_close()
             return response
 
-        async def policy(request: web.Request) -> web.Response:
-            return answer(hints.codec_policy)
-
         handlers = {"hint_similar": similar, "policy_codec": policy,
                     **{f"hint_{kind}": posted(kind)
                        for kind in ("peer", "network", "compression", "prefetch")}}
         app = web.Application(middlewares=[closing])
         for route in ROUTES:  # what nodes ask, as the one route table has it
             if route.name in handlers:
-                app.router.add_route(route.method.upper(), route.path, handlers[route.name])
+                add = app.router.add_get if route.method == "get" else app.router.add_post
+                add(route.path, handlers[route.name])  # a GET answers HEAD too, as Faust's
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         site = web.SockSite(runner, self.sock)
@@ -285,7 +396,8 @@ class HintReplicas:
         meter.ready()
         while not stop.is_set() and os.getppid() == parent:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+                await asyncio.wait_for(stop.wait(), FLUSH_S)
+            meter.flush()
         stop.set()
         await site.stop()  # accepts no more; what is open finishes
         deadline = time.monotonic() + DRAIN_S
@@ -293,6 +405,26 @@ class HintReplicas:
                 and os.getppid() == parent:
             await asyncio.sleep(0.02)
         await runner.cleanup()
+        meter.flush()
+
+
+def _reseed(root, depth: int = 3) -> None:
+    """Reseed every ``random.Random`` reachable from ``root`` through the attributes of
+    pakit_stream's and River's objects: each replica draws its exploration afresh, instead of
+    repeating the worker's draws from the fork on."""
+    seen: set[int] = set()
+
+    def walk(obj, depth: int) -> None:
+        if depth < 0 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        for value in getattr(obj, "__dict__", {}).values():
+            if isinstance(value, random.Random):
+                value.seed(os.urandom(16))
+            elif type(value).__module__.split(".")[0] in ("pakit_stream", "river"):
+                walk(value, depth - 1)
+
+    walk(root, depth)
 
 
 def _dumps(answer) -> str:

@@ -25,7 +25,8 @@ def install(daemon: Daemon) -> None:
         await daemon.checkpoint()
 
     app.timer(settings.checkpoint_interval_s, name="pakit_stream.checkpoint")(checkpoint)
-    if daemon.replicas is not None:  # a fresh hint replica (daemon.replica)
+    if daemon.replicas is not None:  # a fresh hint replica (daemon.replica): one at start
+        app.task(daemon.replicas.refresh)
         app.timer(settings.hint_refresh_s, name="pakit_stream.hint_replica")(
             daemon.replicas.refresh)
 

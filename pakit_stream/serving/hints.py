@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = ["HintService", "Meter", "BadRequest", "HINTS"]
 
+#: longest a compiled codec policy is served before it is compiled again (seconds)
+POLICY_TTL_S = 5.0
 #: the hint kinds, as metrics and routes name them
 HINTS = ("peer", "network", "similar", "compression", "prefetch", "codec_policy")
 
@@ -140,6 +142,7 @@ class HintService:
         self.pipeline = pipeline
         self.meter = meter or Meter(pipeline.metrics)
         self._rng = random.Random()
+        self._policy: tuple[float, CodecPolicyAnswer] | None = None  # (compiled at, answer)
 
     def _done(self, hint: str, source: str, started: float) -> None:
         self.meter.hint(hint, source, time.perf_counter() - started)
@@ -246,14 +249,18 @@ class HintService:
         """The codec cost model's decisions, compiled (:meth:`CodecCostModel.policy
         <pakit_stream.learners.codec.CodecCostModel.policy>`): what a node applies locally
         instead of asking per block. Pooled over nodes (no node's own costs); before any data,
-        and with k-anonymity on until k nodes reported, the fixed rule (no rules)."""
+        and with k-anonymity on until k nodes reported, the fixed rule (no rules). Compiled
+        again at most every ``POLICY_TTL_S`` (nodes fetch it every few seconds)."""
         started = time.perf_counter()
-        if self._few("codec") or not self.pipeline.codec.n_updates:
-            policy, source = CodecPolicy.fallback(), "fallback"
-        else:
-            policy, source = self.pipeline.codec.policy(), "learned"
-        self._done("codec_policy", source, started)
-        return {**policy.as_dict(), "source": source}
+        kept = self._policy
+        if kept is None or started - kept[0] > POLICY_TTL_S:
+            if self._few("codec") or not self.pipeline.codec.n_updates:
+                policy, source = CodecPolicy.fallback(), "fallback"
+            else:  # compiling takes tens of ms: at most once per POLICY_TTL_S
+                policy, source = self.pipeline.codec.policy(), "learned"
+            kept = self._policy = (started, {**policy.as_dict(), "source": source})
+        self._done("codec_policy", kept[1]["source"], started)
+        return kept[1]
 
     def prefetch(self, body: bytes) -> PrefetchHint:
         """``{node_id, recent_accesses, k, cache_blocks, object_id?, chunk_index?}`` →
