@@ -252,12 +252,12 @@ class Node:
 
     def codec_policy(self, refresh_s: float) -> CodecPolicy:
         """The compiled codec decisions, fetched again every ``refresh_s`` (after a
-        fallback, within a second)."""
+        fallback, none learned yet or no answer, within a second)."""
         now = time.monotonic()
         if self.policy is None or now >= self.policy_due:
             answer = self.ask("codec_policy")
             self.policy, self.policy_source = CodecPolicy.from_dict(answer), answer["source"]
-            self.policy_due = now + (1.0 if "error" in answer else refresh_s)
+            self.policy_due = now + (1.0 if answer["source"] == "fallback" else refresh_s)
         return self.policy
 
 
