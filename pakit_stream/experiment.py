@@ -19,9 +19,10 @@ node whose ``node_id`` hashes lower is in the **treatment** group: it asks the d
 answers (the peer it fetches from, the blocks it prefetches into its cache, the gossip
 setting); it stores each block with the codec of the compiled codec policy it fetches every
 ``policy_refresh_s`` and applies locally. It pays for choosing: the wait for a peer hint is
-part of the fetch's latency, and a stored block is charged the policy's lookup and, where the
-rule reads it, the probe. The other, the **control**, follows fixed rules: a random candidate, no
-prefetch, zstd-3 above 100 kB else lz4, push with fanout 6 / TTL 10. Both publish their
+part of the fetch's latency, and a stored block is charged the policy's lookup, the probe
+where the rule reads it, and the wait for the policy when it was fetched for this block.
+The other, the **control**, follows fixed rules: a random candidate, no prefetch, zstd-3
+above 100 kB else lz4, push with fanout 6 / TTL 10. Both publish their
 telemetry through :class:`~pakit_stream.telemetry.TelemetryCollector`, so the daemon learns
 from both.
 
@@ -250,15 +251,17 @@ class Node:
         self.hint_ms.append((kind, (time.perf_counter() - t0) * 1e3, "error" in answer))
         return answer
 
-    def codec_policy(self, refresh_s: float) -> CodecPolicy:
+    def codec_policy(self, refresh_s: float) -> tuple[CodecPolicy, float]:
         """The compiled codec decisions, fetched again every ``refresh_s`` (after a
-        fallback, none learned yet or no answer, within a second)."""
-        now = time.monotonic()
+        fallback, none learned yet or no answer, within a second); and the ms waited for
+        them now (0 while the ones held are fresh)."""
+        now, waited = time.monotonic(), 0.0
         if self.policy is None or now >= self.policy_due:
             answer = self.ask("codec_policy")
+            waited = self.hint_ms[-1][1]
             self.policy, self.policy_source = CodecPolicy.from_dict(answer), answer["source"]
             self.policy_due = now + (1.0 if answer["source"] == "fallback" else refresh_s)
-        return self.policy
+        return self.policy, waited
 
 
 class Experiment:
@@ -375,10 +378,11 @@ class Experiment:
         lam, paid_us = s.codec_cpu_bytes_per_us, 0.0
         if node.hints is not None:
             # the compiled decisions, applied locally: a lookup, plus the probe where the
-            # rule for this size reads it
-            policy = node.codec_policy(self.policy_refresh_s)
+            # rule for this size reads it, plus the wait whenever they are fetched again
+            policy, waited_ms = node.codec_policy(self.policy_refresh_s)
             codec, probed = policy.choose(size, node.recent, block.stored["probe_ratio"])
-            paid_us = s.codec_lookup_us + (s.codec_probe_us if probed else 0.0)
+            paid_us = (s.codec_lookup_us + (s.codec_probe_us if probed else 0.0)
+                       + waited_ms * 1e3)
             self.answers["compression"][f"{codec} {node.policy_source}"] += 1
         else:
             codec = heuristic_codec(size)

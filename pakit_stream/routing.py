@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: the hints that read node-local state, and the topic that state is learned from
 HINT_TOPICS = {"peer": "pakit.peers", "prefetch": "pakit.access", "compression": "pakit.blocks"}
+#: longest a forwarding connection stays idle: shorter than a hint replica's drain (5 s)
+KEEPALIVE_S = 3.0
 #: the header that marks a forwarded request (its value: the forwarding worker's URL)
 FORWARDED = "X-Pakit-Forwarded-By"
 
@@ -117,9 +119,10 @@ class Forwarder:
             owner = with_port(owner, self.port)
         import aiohttp
 
-        if self._session is None:
+        if self._session is None:  # idle connections dropped before a replica's drain ends
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S))
         try:
             async with self._session.post(f"{owner.rstrip('/')}/v1/hints/{kind}", data=body,
                                           headers={FORWARDED: self.own_url,

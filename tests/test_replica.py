@@ -188,10 +188,12 @@ def test_pipe_meter_writes_whole_lines_and_keeps_what_a_full_pipe_refuses():
     os.set_blocking(write, False)
     try:
         meter = PipeMeter(write)
-        for i in range(5000):
-            meter.hint("peer", "learned", i * 1e-6)
+        seconds = [0.00003642178945173131 * (i + 1) for i in range(20000)]  # long reprs
+        for value in seconds:
+            meter.hint("peer", "learned", value)
         meter.canary("prefetch_engine", "canary")
-        meter.flush()  # 25 lines of 200 latencies each fill most of a 64 KiB pipe, not all
+        meter.flush()  # 200 lines of about 900 bytes: more than a 64 KiB pipe holds
+        assert meter._lines  # kept for the next flush
         received = b""
         while True:
             meter.flush()
@@ -206,9 +208,9 @@ def test_pipe_meter_writes_whole_lines_and_keeps_what_a_full_pipe_refuses():
         os.close(read)
         os.close(write)
     lines = [msgspec.json.decode(line) for line in received.split(b"\n") if line]
-    assert all(len(line) <= select.PIPE_BUF for line in received.split(b"\n"))
-    latencies = [v for kind, *rest in lines if kind == "hint" for v in rest[2]]
-    assert latencies == [i * 1e-6 for i in range(5000)]  # none lost, none twice, in order
+    assert all(len(line) < select.PIPE_BUF for line in received.split(b"\n"))  # atomic
+    micros = [v for kind, *rest in lines if kind == "hint" for v in rest[2]]
+    assert micros == [round(v * 1e6) for v in seconds]  # none lost, none twice, in order
     assert ["count", "canary", "prefetch_engine", "canary", 1] in lines
 
 
@@ -217,7 +219,8 @@ def test_a_replica_ready_stops_only_older_ones():
     and a ready from A after B serves stops A only."""
     stopped = []
     replicas = HintReplicas.__new__(HintReplicas)  # the bookkeeping alone, no daemon
-    replicas.forked_at, replicas.stopping, replicas.serving = {100: 1.0, 200: 2.0}, {}, None
+    replicas.forked_at = {100: (1, 0.0), 200: (2, 0.0)}  # pid -> (serial, fork time)
+    replicas.stopping, replicas.serving = {}, None
     replicas._refreshes = type("Counter", (), {"labels": lambda self, **_: self,
                                                "inc": lambda self, n=1: None})()
     replicas._stop = lambda pid: (stopped.append(pid), replicas.stopping.update({pid: 0.0}))
@@ -225,7 +228,7 @@ def test_a_replica_ready_stops_only_older_ones():
     assert (stopped, replicas.serving) == ([], 100)
     replicas._ready(200)
     assert (stopped, replicas.serving) == ([100], 200)
-    replicas.forked_at[300] = 3.0
+    replicas.forked_at[300] = (3, 0.0)
     replicas.stopping.clear()
     stopped.clear()
     replicas.serving = 300

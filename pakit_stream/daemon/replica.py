@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from pakit_stream.exceptions import DaemonError
 from pakit_stream.routing import FORWARDED, Forwarder
 from pakit_stream.serving.api import ROUTES
 from pakit_stream.serving.hints import BadRequest, HintService
@@ -81,51 +82,73 @@ _SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 class PipeMeter:
     """A replica's :class:`~pakit_stream.serving.hints.Meter`: it counts in memory, and
-    :meth:`flush` sends the counts to the worker as lines of JSON, each write at most
-    ``PIPE_BUF`` bytes (atomic); what the pipe has no room for stays for the next flush."""
+    :meth:`flush` sends the counts to the worker as lines of JSON (latencies in whole µs),
+    each shorter than ``PIPE_BUF`` bytes, so that every write is atomic: all of it or, on a
+    full pipe, none, kept for the next flush."""
+
+    #: values per line: 100 numbers of at most 12 characters stay far below PIPE_BUF (4096)
+    PER_LINE = 100
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._hints: defaultdict[tuple[str, str], list] = defaultdict(list)  # -> [seconds]
+        self._hints: defaultdict[tuple[str, str], list] = defaultdict(list)  # -> [µs | None]
         self._counts: defaultdict[tuple, int] = defaultdict(int)  # (kind, *labels) -> n
-        self._lsh: list[float] = []
+        self._lsh: list[int] = []
         self._lines: list[bytes] = []  # encoded, not yet written
 
     def hint(self, hint: str, source: str, seconds: float | None = None) -> None:
-        self._hints[hint, source].append(seconds)
+        self._hints[hint, source].append(None if seconds is None else round(seconds * 1e6))
 
     def canary(self, model: str, arm: str) -> None:
         self._counts["canary", model, arm] += 1
 
     def lsh_query(self, seconds: float) -> None:
-        self._lsh.append(seconds)
+        self._lsh.append(round(seconds * 1e6))
 
     def routed(self, outcome: str) -> None:
         self._counts["routed", outcome] += 1
 
     def _encode(self) -> None:
-        def chunks(values: list, size: int = 200):  # 200 latencies fit well under PIPE_BUF
-            for i in range(0, len(values), size):
-                yield values[i:i + size]
+        def lines(head: tuple, values: list):
+            for i in range(0, len(values), self.PER_LINE):
+                yield msgspec.json.encode((*head, values[i:i + self.PER_LINE])) + b"\n"
 
-        for (hint, source), seconds in self._hints.items():
-            self._lines += [msgspec.json.encode(("hint", hint, source, part))
-                            for part in chunks(seconds)]
-        self._lines += [msgspec.json.encode(("count", *key, n)) for key, n in self._counts.items()]
-        self._lines += [msgspec.json.encode(("lsh_query", part)) for part in chunks(self._lsh)]
+        for (hint, source), micros in self._hints.items():
+            self._lines += lines(("hint", hint, source), micros)
+        self._lines += [msgspec.json.encode(("count", *key, n)) + b"\n"
+                        for key, n in self._counts.items()]
+        self._lines += lines(("lsh_query",), self._lsh)
         self._hints.clear()
         self._counts.clear()
         self._lsh = []
 
+    @property
+    def pending(self) -> bool:
+        return bool(self._lines or self._hints or self._counts or self._lsh)
+
     def flush(self) -> None:
-        """Send what was counted; lines the pipe has no room for wait for the next flush."""
+        """Send what was counted; lines the pipe has no room for wait for the next flush.
+        ``BrokenPipeError``: the worker is gone."""
         self._encode()
         while self._lines:
+            line = self._lines[0]
+            if len(line) >= select.PIPE_BUF:  # never: PER_LINE keeps lines short
+                raise DaemonError(f"a count line of {len(line)} bytes would not be atomic")
             try:
-                os.write(self.fd, self._lines[0] + b"\n")
+                os.write(self.fd, line)  # atomic: the whole line, or BlockingIOError
             except BlockingIOError:
                 return
             self._lines.pop(0)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """The last flush: wait up to ``timeout`` for room; drop the rest if the worker is
+        gone."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(BrokenPipeError):
+            self.flush()
+            while self._lines and time.monotonic() < deadline:
+                select.select([], [self.fd], [], 0.05)
+                self.flush()
 
     def ready(self, timeout: float = START_S) -> None:
         """Say this replica accepts: retried until the pipe has room (the worker would
@@ -155,19 +178,25 @@ class HintReplicas:
         os.set_blocking(self._write_fd, False)
         self._buffer = b""
         self._loop: asyncio.AbstractEventLoop | None = None  # the worker's, reading the pipe
-        self.forked_at: dict[int, float] = {}  # live replicas -> when they were forked
+        #: live replicas -> (serial, monotonic time of the fork): the serial orders them
+        self.forked_at: dict[int, tuple[int, float]] = {}
         self.serving: int | None = None  # the newest replica that said it is ready
-        self.stopping: dict[int, float] = {}  # replicas told to stop -> when
+        self.stopping: dict[int, float] = {}  # replicas told to stop -> when (monotonic)
+        self._serial = 0
+        self._refreshing = self._stopped = False
         metrics = daemon.metrics
         self._refreshes = metrics.hint_replica_refreshes
         metrics.hint_replica_age.set_function(
-            lambda: time.time() - self.forked_at[self.serving]
+            lambda: time.monotonic() - self.forked_at[self.serving][1]
             if self.serving in self.forked_at else float("nan"))
 
     # -- the worker's side ------------------------------------------------------------------------
     async def refresh(self) -> None:
         """Fork a replica of the learners as they are now; the older ones are stopped once
         it accepts. Never raises: a failed fork leaves the serving replica serving."""
+        if self._refreshing or self._stopped:  # the start's and the timer's may meet
+            return
+        self._refreshing = True
         try:
             if self._loop is None:
                 self._loop = asyncio.get_running_loop()
@@ -178,19 +207,24 @@ class HintReplicas:
                 return
             parent = os.getpid()
             async with self.daemon.pipeline.quiet():
+                if self._stopped:
+                    return
                 held = time.perf_counter()
-                signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # none lands mid-fork
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # none lands mid-fork
                 try:
                     pid = os.fork()
                     if pid == 0:
                         self._child(parent)  # never returns
                 finally:
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 self.daemon.metrics.hint_replica_hold.observe(time.perf_counter() - held)
-            self.forked_at[pid] = time.time()
+            self._serial += 1
+            self.forked_at[pid] = (self._serial, time.monotonic())
         except Exception:
             self._refreshes.labels(outcome="failed").inc()
             log.exception("a hint replica could not be forked; the serving one goes on")
+        finally:
+            self._refreshing = False
 
     def _drain(self) -> None:
         """Apply the counts the replicas sent (on the worker's loop, when the pipe is
@@ -207,30 +241,30 @@ class HintReplicas:
                 if kind == "ready":
                     self._ready(int(args[0]))
                 elif kind == "hint":
-                    hint, source, seconds = args
-                    for value in seconds:
-                        meter.hint(hint, source, value)
+                    hint, source, micros = args
+                    for value in micros:
+                        meter.hint(hint, source, None if value is None else value / 1e6)
                 elif kind == "lsh_query":
                     for value in args[0]:
-                        meter.lsh_query(value)
+                        meter.lsh_query(value / 1e6)
                 elif kind == "count" and args[0] == "canary":
                     metrics.canary_hints.labels(model=args[1], arm=args[2]).inc(args[3])
                 elif kind == "count" and args[0] == "routed":
                     metrics.hints_routed.labels(outcome=args[1]).inc(args[2])
                 else:
-                    raise ValueError(kind)
+                    log.warning("a hint replica sent a count of unknown kind: %r", line)
             except (msgspec.MsgspecError, ValueError, TypeError, IndexError):
                 log.warning("a hint replica sent a count the worker cannot read: %r", line)
 
     def _ready(self, pid: int) -> None:
         if pid not in self.forked_at or pid in self.stopping:
             return
-        born = self.forked_at[pid]
-        if self.serving in self.forked_at and self.forked_at[self.serving] > born:
+        born = self.forked_at[pid][0]
+        if self.serving in self.forked_at and self.forked_at[self.serving][0] > born:
             self._stop(pid)  # forked before the one serving, late to start
             return
-        for older, forked in self.forked_at.items():
-            if forked < born and older not in self.stopping:
+        for older, (serial, _) in self.forked_at.items():
+            if serial < born and older not in self.stopping:
                 self._stop(older)
         self.serving = pid
         self._refreshes.labels(outcome="ok").inc()
@@ -242,8 +276,8 @@ class HintReplicas:
     def _reap(self) -> None:
         """Collect replicas that exited; kill one that never became ready, or that is still
         draining ``KILL_S`` after it was told to stop."""
-        now, clock = time.time(), time.monotonic()
-        for pid, forked in list(self.forked_at.items()):
+        clock = time.monotonic()
+        for pid, (_, forked) in list(self.forked_at.items()):
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -262,7 +296,7 @@ class HintReplicas:
                 self._signal(pid, signal.SIGKILL)
                 log.warning("hint replica %d still draining %.0f s after it was told to "
                             "stop; killed", pid, KILL_S)
-            elif pid != self.serving and pid not in self.stopping and now - forked > START_S:
+            elif pid != self.serving and pid not in self.stopping and clock - forked > START_S:
                 self._signal(pid, signal.SIGKILL)
                 self.stopping[pid] = clock
                 log.warning("hint replica %d did not start in %.0f s; killed", pid, START_S)
@@ -275,6 +309,7 @@ class HintReplicas:
     def stop(self, timeout: float = 2.0) -> None:
         """Stop every replica (killed after ``timeout``: the worker is going, and its hints
         with it) and close the socket and the pipe."""
+        self._stopped = True
         for pid in self.forked_at:
             self._signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -304,8 +339,8 @@ class HintReplicas:
         code = 1  # nothing here may touch the worker's loop, sockets or signal wake-up fd
         try:
             signal.set_wakeup_fd(-1)
-            for sig in _SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
+            for sig in _SIGNALS:  # a terminal's ^C reaches the worker, which stops us
+                signal.signal(sig, signal.SIG_IGN if sig == signal.SIGINT else signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             gc.callbacks.clear()  # the worker's (they take its metrics' locks)
             gc.freeze()  # collections skip the image (and so leave its pages shared)
@@ -389,23 +424,28 @@ class HintReplicas:
             if route.name in handlers:
                 add = app.router.add_get if route.method == "get" else app.router.add_post
                 add(route.path, handlers[route.name])  # a GET answers HEAD too, as Faust's
+        hints.compile_policy()  # before serving: a node's first ask must not wait for it
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         site = web.SockSite(runner, self.sock)
         await site.start()
         meter.ready()
-        while not stop.is_set() and os.getppid() == parent:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), FLUSH_S)
-            meter.flush()
-        stop.set()
-        await site.stop()  # accepts no more; what is open finishes
-        deadline = time.monotonic() + DRAIN_S
-        while runner.server.connections and time.monotonic() < deadline \
-                and os.getppid() == parent:
-            await asyncio.sleep(0.02)
+        try:
+            while not stop.is_set() and os.getppid() == parent:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), FLUSH_S)
+                meter.flush()
+            stop.set()
+            await site.stop()  # accepts no more; what is open finishes
+            deadline = time.monotonic() + DRAIN_S
+            while runner.server.connections and time.monotonic() < deadline \
+                    and os.getppid() == parent:
+                await asyncio.sleep(FLUSH_S)
+                meter.flush()
+        except BrokenPipeError:  # the worker is gone: nothing to count for, nobody to serve
+            pass
         await runner.cleanup()
-        meter.flush()
+        meter.close()
 
 
 def _reseed(root, depth: int = 3) -> None:

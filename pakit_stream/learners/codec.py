@@ -106,9 +106,10 @@ class CodecPolicy:
     """The decisions a node applies, compiled from the learner's state at one moment.
 
     ``rules[size bucket] = (expert, table)``: ``table`` maps the expert's features (recent
-    and/or probe bucket) to a codec; an expert without features maps ``()``. Sizes never seen
-    use the nearest bucket; with no rule at all, ``default`` (``None``: the fixed rule,
-    :func:`heuristic_codec`). The daemon serves it as JSON (``GET /v1/policies/codec``,
+    and/or probe bucket) to a codec; an expert without features maps ``()``; ``"noprobe"``
+    is the codec for a block without its probe, ``"other"`` for a bucket the table lacks.
+    Sizes never seen use the nearest bucket; with no rule at all, ``default`` (``None``: the
+    fixed rule, :func:`heuristic_codec`). The daemon serves it as JSON (``GET /v1/policies/codec``,
     :meth:`as_dict`); a node rebuilds it (:meth:`from_dict`) and chooses locally.
 
     >>> policy = CodecPolicy({32: ("probe", {(10,): "zstd-9", (19,): "lz4", "noprobe": "lz4"})},
@@ -134,7 +135,7 @@ class CodecPolicy:
         """The policy as JSON-able data (the API's ``CodecPolicyAnswer`` without ``source``)."""
         return {"version": self.version, "default": self.default,
                 "rules": [{"size_bucket": s, "expert": expert,
-                           "table": [{"key": key if key == "noprobe" else list(key),
+                           "table": [{"key": key if isinstance(key, str) else list(key),
                                       "codec": codec} for key, codec in table.items()]}
                           for s, (expert, table) in sorted(self.rules.items())]}
 
@@ -142,7 +143,7 @@ class CodecPolicy:
     def from_dict(cls, data: Mapping[str, Any]) -> CodecPolicy:
         """The policy :meth:`as_dict` gave (an answer's extra keys are ignored)."""
         rules = {int(rule["size_bucket"]): (
-            rule["expert"], {d["key"] if d["key"] == "noprobe" else tuple(d["key"]): d["codec"]
+            rule["expert"], {d["key"] if isinstance(d["key"], str) else tuple(d["key"]): d["codec"]
                              for d in rule["table"]}) for rule in data.get("rules", ())}
         return cls(rules, data.get("default"), int(data.get("version", 0)))
 
@@ -161,11 +162,11 @@ class CodecPolicy:
                probe: Callable[[], float] | float | None = None) -> tuple[str, bool]:
         """``(codec, probed)``; ``probe`` is the probe ratio or a function computing it,
         called only when the rule reads it."""
-        default = self.default or heuristic_codec(size)
         rule = self._rule(size)
         if rule is None:
-            return default, False
+            return self.default or heuristic_codec(size), False
         expert, table = rule
+        other = table.get("other") or self.default or heuristic_codec(size)
         feats = EXPERTS.get(expert, ())
         key: tuple = ()
         probed = False
@@ -173,11 +174,11 @@ class CodecPolicy:
             key += (ratio_bucket(recent),)
         if "probe" in feats:
             if probe is None:
-                return table.get("noprobe", default), False
+                return table.get("noprobe", other), False
             value = probe() if callable(probe) else probe
             key += (ratio_bucket(value),)
             probed = True
-        return table.get(key, table.get("noprobe", default)), probed
+        return table.get(key, other), probed
 
 
 class CodecCostModel(OnlineModel):
@@ -495,9 +496,10 @@ class CodecCostModel(OnlineModel):
                 continue
             table: dict[Any, str] = {}
             feats = EXPERTS[name]
+            pick = self._pick(self._expert_rates(size, None, None)["size"])
+            by_size = self.codecs[pick] if pick is not None else heuristic_codec(size)
             if not feats:
-                pick = self._pick(self._expert_rates(size, None, None)["size"])
-                table[()] = self.codecs[pick] if pick is not None else heuristic_codec(size)
+                table[()] = by_size
             else:
                 grid = [(r, p) for r in ([*ratios, -1] if "recent" in feats else [None])
                         for p in (ratios if "probe" in feats else [None])]
@@ -507,11 +509,13 @@ class CodecCostModel(OnlineModel):
                     pick = self._pick(self._expert_rates(size, rv, pv)[name])
                     key = tuple(v for v in (r, p) if v is not None)
                     table[key] = self.codecs[pick] if pick is not None else heuristic_codec(size)
+                # a bucket no block of this size fell in: the size's own estimates
+                table["other"] = by_size
                 no_probe = self._leader(size, self._eligible(False, False))
-                if no_probe is not None and no_probe < len(self.codecs):
-                    table["noprobe"] = self.codecs[no_probe]
+                table["noprobe"] = (self.codecs[no_probe] if no_probe is not None
+                                    and no_probe < len(self.codecs) else by_size)
             rules[s] = (name, table)
-        self._policy = CodecPolicy(rules, heuristic_codec(1 << 20), self.n_updates)
+        self._policy = CodecPolicy(rules, None, self.n_updates)
         self._policy_at = self.n_updates
         return self._policy
 

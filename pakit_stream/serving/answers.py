@@ -62,9 +62,10 @@ class CompressionHint(TypedDict):
 class CodecDecision(TypedDict):
     """One line of a rule's table: the buckets of the features the rule reads (the recent
     and/or probe lz4 ratio, each ``int(ratio / 0.05)``, ``-1`` unknown; ``[]`` for a rule that
-    reads none), or ``"noprobe"``: the codec for a block sent without its probe."""
+    reads none); ``"noprobe"``: the codec for a block without its probe; ``"other"``: for
+    buckets the table lacks."""
 
-    key: list[int] | Literal["noprobe"]
+    key: list[int] | Literal["noprobe", "other"]
     codec: str
 
 

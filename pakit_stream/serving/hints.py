@@ -254,13 +254,18 @@ class HintService:
         started = time.perf_counter()
         kept = self._policy
         if kept is None or started - kept[0] > POLICY_TTL_S:
-            if self._few("codec") or not self.pipeline.codec.n_updates:
-                policy, source = CodecPolicy.fallback(), "fallback"
-            else:  # compiling takes tens of ms: at most once per POLICY_TTL_S
-                policy, source = self.pipeline.codec.policy(), "learned"
-            kept = self._policy = (started, {**policy.as_dict(), "source": source})
+            kept = self.compile_policy()
         self._done("codec_policy", kept[1]["source"], started)
         return kept[1]
+
+    def compile_policy(self) -> tuple[float, CodecPolicyAnswer]:
+        """Compile the codec policy now (tens of ms) and keep it for ``POLICY_TTL_S``."""
+        if self._few("codec") or not self.pipeline.codec.n_updates:
+            policy, source = CodecPolicy.fallback(), "fallback"
+        else:
+            policy, source = self.pipeline.codec.policy(), "learned"
+        self._policy = (time.perf_counter(), {**policy.as_dict(), "source": source})
+        return self._policy
 
     def prefetch(self, body: bytes) -> PrefetchHint:
         """``{node_id, recent_accesses, k, cache_blocks, object_id?, chunk_index?}`` →
