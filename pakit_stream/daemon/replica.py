@@ -407,7 +407,10 @@ class HintReplicas:
                           request.query.get("top_k", "5"), request.query.get("min_jaccard"))
 
         async def policy(request: web.Request) -> web.Response:
-            return answer(hints.codec_policy)
+            response = answer(hints.codec_policy)
+            if hints.policy_stale():  # compiled again once this answer is on its way
+                asyncio.get_running_loop().call_soon(hints.compile_policy)
+            return response
 
         @web.middleware
         async def closing(request: web.Request, handler) -> web.StreamResponse:

@@ -8,6 +8,7 @@ events (:mod:`pakit_stream.routing`); the owner's answer comes back as it is.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from typing import TYPE_CHECKING
@@ -97,7 +98,10 @@ def install(daemon: Daemon) -> None:
 
     class CodecPolicy(View):
         async def get(self, request: Request) -> Response:
-            return self.json(hints.codec_policy())
+            answer = hints.codec_policy()
+            if hints.policy_stale():  # compiled again once this answer is on its way
+                asyncio.get_running_loop().call_soon(hints.compile_policy)
+            return self.json(answer)
 
     class Rollback(View):
         async def post(self, request: Request, name: str) -> Response:

@@ -250,13 +250,16 @@ class HintService:
         <pakit_stream.learners.codec.CodecCostModel.policy>`): what a node applies locally
         instead of asking per block. Pooled over nodes (no node's own costs); before any data,
         and with k-anonymity on until k nodes reported, the fixed rule (no rules). Compiled
-        again at most every ``POLICY_TTL_S`` (nodes fetch it every few seconds)."""
+        again after an answer once older than ``POLICY_TTL_S`` (:meth:`policy_stale`)."""
         started = time.perf_counter()
-        kept = self._policy
-        if kept is None or started - kept[0] > POLICY_TTL_S:
-            kept = self.compile_policy()
+        kept = self._policy or self.compile_policy()  # a stale one is served, then replaced
         self._done("codec_policy", kept[1]["source"], started)
         return kept[1]
+
+    def policy_stale(self) -> bool:
+        """Whether the policy served is older than ``POLICY_TTL_S``: the server compiles it
+        again (:meth:`compile_policy`) after answering, so no request waits for that."""
+        return self._policy is not None and time.perf_counter() - self._policy[0] > POLICY_TTL_S
 
     def compile_policy(self) -> tuple[float, CodecPolicyAnswer]:
         """Compile the codec policy now (tens of ms) and keep it for ``POLICY_TTL_S``."""
