@@ -202,6 +202,9 @@ class HintService:
         Jaccard an answer must have. Numbers may come as the strings of a query."""
         started = time.perf_counter()
         try:
+            if isinstance(min_jaccard, str) and min_jaccard.strip().lower() == "null":
+                # lax conversion would read the query's "null" as no value: it is not a number
+                raise msgspec.ValidationError("min_jaccard: expected a number, got 'null'")
             req = msgspec.convert({"block_hash": block_hash, "top_k": top_k,
                                    "min_jaccard": min_jaccard}, SimilarHintRequest, strict=False)
         except msgspec.MsgspecError as exc:
