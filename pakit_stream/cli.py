@@ -51,7 +51,10 @@ def cmd_broker(args) -> int:
     from pakit_stream.broker import EmbeddedBroker, create_topics
 
     _logging("warning")
+    # both stop it, also when started with SIGINT ignored (a background job of a shell without
+    # job control), where Python installs no handler of its own
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         with EmbeddedBroker(port=args.port) as broker:
             create_topics(broker.bootstrap, args.partitions)
