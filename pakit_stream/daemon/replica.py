@@ -122,10 +122,6 @@ class PipeMeter:
         self._counts.clear()
         self._lsh = []
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._lines or self._hints or self._counts or self._lsh)
-
     def flush(self) -> None:
         """Send what was counted; lines the pipe has no room for wait for the next flush.
         ``BrokenPipeError``: the worker is gone."""
@@ -140,29 +136,27 @@ class PipeMeter:
                 return
             self._lines.pop(0)
 
+    def _flush_within(self, timeout: float) -> bool:
+        """Flush, waiting up to ``timeout`` for room; whether everything went."""
+        deadline = time.monotonic() + timeout
+        self.flush()
+        while self._lines and time.monotonic() < deadline:
+            select.select([], [self.fd], [], 0.05)
+            self.flush()
+        return not self._lines
+
     def close(self, timeout: float = 1.0) -> None:
         """The last flush: wait up to ``timeout`` for room; drop the rest if the worker is
         gone."""
-        deadline = time.monotonic() + timeout
         with contextlib.suppress(BrokenPipeError):
-            self.flush()
-            while self._lines and time.monotonic() < deadline:
-                select.select([], [self.fd], [], 0.05)
-                self.flush()
+            self._flush_within(timeout)
 
     def ready(self, timeout: float = START_S) -> None:
-        """Say this replica accepts: retried until the pipe has room (the worker would
+        """Say this replica accepts, ahead of any count, waiting for room (the worker would
         otherwise keep the previous one serving)."""
-        line = msgspec.json.encode(("ready", os.getpid())) + b"\n"
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                os.write(self.fd, line)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise
-                select.select([], [self.fd], [], 0.05)
+        self._lines.insert(0, msgspec.json.encode(("ready", os.getpid())) + b"\n")
+        if not self._flush_within(timeout):
+            raise DaemonError(f"the worker read nothing from its pipe for {timeout:.0f} s")
 
 
 class HintReplicas:
@@ -310,15 +304,12 @@ class HintReplicas:
         """Stop every replica (killed after ``timeout``: the worker is going, and its hints
         with it) and close the socket and the pipe."""
         self._stopped = True
-        for pid in self.forked_at:
-            self._signal(pid, signal.SIGTERM)
+        for pid in list(self.forked_at):
+            if pid not in self.stopping:
+                self._stop(pid)
         deadline = time.monotonic() + timeout
         while self.forked_at and time.monotonic() < deadline:
-            for pid in list(self.forked_at):
-                with contextlib.suppress(ChildProcessError):
-                    if not os.waitpid(pid, os.WNOHANG)[0]:
-                        continue
-                del self.forked_at[pid]
+            self._reap()
             time.sleep(0.02)
         for pid in list(self.forked_at):
             self._signal(pid, signal.SIGKILL)
@@ -407,10 +398,7 @@ class HintReplicas:
                           request.query.get("top_k", "5"), request.query.get("min_jaccard"))
 
         async def policy(request: web.Request) -> web.Response:
-            response = answer(hints.codec_policy)
-            if hints.policy_stale():  # compiled again once this answer is on its way
-                asyncio.get_running_loop().call_soon(hints.compile_policy)
-            return response
+            return answer(hints.codec_policy, asyncio.get_running_loop().call_soon)
 
         @web.middleware
         async def closing(request: web.Request, handler) -> web.StreamResponse:

@@ -98,10 +98,7 @@ def install(daemon: Daemon) -> None:
 
     class CodecPolicy(View):
         async def get(self, request: Request) -> Response:
-            answer = hints.codec_policy()
-            if hints.policy_stale():  # compiled again once this answer is on its way
-                asyncio.get_running_loop().call_soon(hints.compile_policy)
-            return self.json(answer)
+            return self.json(hints.codec_policy(asyncio.get_running_loop().call_soon))
 
     class Rollback(View):
         async def post(self, request: Request, name: str) -> Response:

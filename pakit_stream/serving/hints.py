@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from pakit_stream.events.schema import (BlockHash, ContextKey, Fraction, Identifier, Millis,
                                         check_peer_context)
@@ -103,7 +104,9 @@ class PrefetchHintRequest(Struct, forbid_unknown_fields=True):
 class SimilarHintRequest(Struct, forbid_unknown_fields=True):
     block_hash: BlockHash
     top_k: Annotated[int, Meta(ge=1, le=100)] = 5
-    min_jaccard: Annotated[float, Meta(gt=0, le=1)] | None = None
+    # unset rather than None: a query's "null" is not a number, and lax conversion would read
+    # it as None
+    min_jaccard: Annotated[float, Meta(gt=0, le=1)] | UnsetType = UNSET
 
 
 def _decode(body: bytes, kind):
@@ -202,16 +205,15 @@ class HintService:
         Jaccard an answer must have. Numbers may come as the strings of a query."""
         started = time.perf_counter()
         try:
-            if isinstance(min_jaccard, str) and min_jaccard.strip().lower() == "null":
-                # lax conversion would read the query's "null" as no value: it is not a number
-                raise msgspec.ValidationError("min_jaccard: expected a number, got 'null'")
-            req = msgspec.convert({"block_hash": block_hash, "top_k": top_k,
-                                   "min_jaccard": min_jaccard}, SimilarHintRequest, strict=False)
+            given = {"block_hash": block_hash, "top_k": top_k, "min_jaccard": min_jaccard}
+            req = msgspec.convert({k: v for k, v in given.items() if v is not None},
+                                  SimilarHintRequest, strict=False)
         except msgspec.MsgspecError as exc:
             self._fail("similar", BadRequest(str(exc)))
         dedup, crowds = self.pipeline.dedup, self.pipeline.crowds
         if req.block_hash in dedup and not self._few("fingerprint", req.block_hash):
-            similar = dedup.find_similar_blocks(req.block_hash, req.top_k, req.min_jaccard)
+            similar = dedup.find_similar_blocks(
+                req.block_hash, req.top_k, None if req.min_jaccard is UNSET else req.min_jaccard)
             self.meter.lsh_query(dedup.last_query_seconds)
             if crowds is not None:
                 similar = [s for s in similar if crowds.known("fingerprint", s["block_hash"])]
@@ -248,21 +250,25 @@ class HintService:
         self._done("compression", answer["source"], started)
         return answer
 
-    def codec_policy(self) -> CodecPolicyAnswer:
+    def codec_policy(self, later: Callable[[Callable[[], Any]], Any] | None = None
+                     ) -> CodecPolicyAnswer:
         """The codec cost model's decisions, compiled (:meth:`CodecCostModel.policy
         <pakit_stream.learners.codec.CodecCostModel.policy>`): what a node applies locally
         instead of asking per block. Pooled over nodes (no node's own costs); before any data,
-        and with k-anonymity on until k nodes reported, the fixed rule (no rules). Compiled
-        again after an answer once older than ``POLICY_TTL_S`` (:meth:`policy_stale`)."""
+        and with k-anonymity on until k nodes reported, the fixed rule (no rules).
+
+        Compiling takes tens of ms, so it is done again only once the policy is older than
+        ``POLICY_TTL_S``; a server passes ``later`` (its loop's ``call_soon``) to answer with
+        the stale one and compile after, so that no request waits for it."""
         started = time.perf_counter()
-        kept = self._policy or self.compile_policy()  # a stale one is served, then replaced
+        kept = self._policy or self.compile_policy()
+        if started - kept[0] > POLICY_TTL_S:
+            if later is None:
+                kept = self.compile_policy()
+            else:
+                later(self.compile_policy)
         self._done("codec_policy", kept[1]["source"], started)
         return kept[1]
-
-    def policy_stale(self) -> bool:
-        """Whether the policy served is older than ``POLICY_TTL_S``: the server compiles it
-        again (:meth:`compile_policy`) after answering, so no request waits for that."""
-        return self._policy is not None and time.perf_counter() - self._policy[0] > POLICY_TTL_S
 
     def compile_policy(self) -> tuple[float, CodecPolicyAnswer]:
         """Compile the codec policy now (tens of ms) and keep it for ``POLICY_TTL_S``."""
