@@ -788,6 +788,31 @@ def test_prefetcher_prequential_score_counts_proposals_made_before_each_read():
     assert Prefetcher().score(noise, k=2) < 0.02
 
 
+def test_prefetcher_open_proposals_of_an_older_checkpoint_are_still_scored():
+    """A checkpoint from before proposals were grouped kept one (id, bucket) entry per bucket
+    and the ids read apart: unread entries are scored as before, read ones not again."""
+    from collections import deque
+
+    from pakit_stream.learners.prefetch import _Outcomes
+
+    a, b, c = ("next", 1, 2), ("stride", 7, 9, False), ("next", 2, 2)
+    key, other = ("o", 5), ("o", 6)
+    out = _Outcomes.__new__(_Outcomes)
+    out.__setstate__((None, {"clock": 3, "ids": 3, "read": {3},
+                             "open": {key: [(1, a), (2, b)], other: []},
+                             "queue": deque([(4, 1, key), (4, 2, key), (4, 3, other)])}))
+    p = Prefetcher()
+    p._outcomes["n"] = out
+    p.observe("n", "h5", "o", 5)  # reads what was proposed as a and b
+    assert p._calibration[a] == [1.0, 1.0] and p._calibration[b] == [1.0, 1.0]
+    assert c not in p._calibration and out.clock == 4
+    for i in range(p.horizon + 2):  # every old entry expires: none is counted again
+        p.observe("n", f"x{i}", "q", 100 * i)
+    assert p._calibration[a] == [1.0, 1.0] and p._calibration[b] == [1.0, 1.0]
+    assert all(expires > 4 for expires, _, _ in out.queue)
+    assert sum(len(groups) for groups in out.open.values()) == len([g for _, _, g in out.queue if g])
+
+
 def test_prefetcher_is_bounded():
     p = Prefetcher(max_nodes=3, max_streams=4, max_positions=10, successor_capacity=10,
                    max_scored_nodes=2, max_profiled_nodes=2)

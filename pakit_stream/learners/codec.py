@@ -38,6 +38,7 @@ decisions as a small table (a dict lookup, plus the probe where the expert uses 
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -181,6 +182,33 @@ class CodecPolicy:
         return table.get(key, other), probed
 
 
+class _Cell:
+    """One cell of the cost tables: per codec, the raw bytes measured, compressed bytes and
+    CPU µs, summed over ``n`` blocks, and ``own``: their cost per raw byte at the price the
+    model last priced at (nan: never measured), kept up to date as blocks arrive; ``clean``
+    when every ``own`` is finite, ``even`` when every codec was measured on every block."""
+
+    __slots__ = ("n", "raw", "comp", "cpu", "own", "clean", "even")
+
+    def __init__(self, width: int) -> None:
+        self.n = 0.0
+        self.raw, self.comp, self.cpu = [0.0] * width, [0.0] * width, [0.0] * width
+        self.own = [math.nan] * width
+        self.clean, self.even = width == 0, True
+
+    def price(self, lam: float) -> None:
+        """Recompute ``own`` at the price ``lam``."""
+        self.own = [(c + lam * u) / r if r > 0 else math.nan
+                    for r, c, u in zip(self.raw, self.comp, self.cpu)]
+        self.clean = _finite(self.own)
+
+
+def _finite(values: list[float]) -> bool:
+    """Whether every value is finite (tested on their sum: an overflow counts as not)."""
+    total = sum(values)
+    return total - total == 0
+
+
 class CodecCostModel(OnlineModel):
     """Online cost tables and the experts that choose from them (see the module docstring).
 
@@ -200,6 +228,9 @@ class CodecCostModel(OnlineModel):
     max_nodes
         Nodes whose recent compressibility is kept, and (node, size) running costs (least
         recent forgotten).
+
+    The tables and running costs are plain Python floats: their vectors are a few codecs or
+    experts long, where a numpy call costs more than the arithmetic it does.
     """
 
     default_name = "codec_cost_model"
@@ -213,66 +244,95 @@ class CodecCostModel(OnlineModel):
         self.halflife, self.shrinkage, self.prior_blocks = halflife, shrinkage, prior_blocks
         self.max_nodes, self.codecs = max_nodes, tuple(codecs)
         self._index = {c: i for i, c in enumerate(self.codecs)}
-        #: cell -> (3, codecs) array: raw bytes measured, compressed bytes, cpu µs, per codec
-        self._cells: dict[tuple, np.ndarray] = {}
-        self._counts: dict[tuple, float] = {}  # cell -> blocks
+        self._cells: dict[tuple, _Cell] = {}
+        self._priced_at = cpu_bytes_per_us  # the λ the cells' ``own`` costs are at
         self._recent: OrderedDict[str, float] = OrderedDict()
         self.experts: list[str] = [f"fixed:{c}" for c in self.codecs] + list(EXPERTS)
         self._keep = 0.5 ** (1.0 / halflife)
         #: running costs of the experts: () for all blocks, (size bucket,), and (node, size
         #: bucket) for the ``max_nodes`` nodes stored to most recently -> [costs, blocks]
         self._scores: OrderedDict[tuple, list] = OrderedDict()
+        self._finite = True  # every running cost is finite (else _leader follows numpy's rules)
         self.net = None  # an attached batch model (see attach_net), an expert when present
         self.net_us = 0.0
         self._policy: CodecPolicy | None = None
         self._policy_at = -1
-        self._selection: tuple | None = None  # cached _selection_us
+        self._selection: tuple | None = None  # cached _selection_cost
+        self._eligibility: dict[tuple, tuple[bool, ...]] = {}  # cached _eligible
 
     # -- tables ---------------------------------------------------------------------------------
-    def _cells_of(self, size: int, recent: float | None, probe: float | None) -> tuple:
+    def _shrink(self, cell: _Cell | None, prior: tuple | None) -> tuple | None:
+        """Expected cost per raw byte of each codec in ``cell`` (nan: never measured), its own
+        data entering against ``prior`` (its parent's) with ``shrinkage`` weight; estimates
+        are ``(costs, all finite)``."""
+        if cell is None:
+            return prior
+        own = cell.own
+        if prior is None:
+            return own, cell.clean
+        w = cell.n / (cell.n + self.shrinkage)
+        v = 1 - w
+        costs, clean = prior
+        if clean and cell.clean:
+            return [w * a + v * b for a, b in zip(own, costs)], True
+        # unmeasured in the cell: the prior's; unmeasured in the prior: the cell's
+        mixed = [b if a != a else a if b != b else w * a + v * b for a, b in zip(own, costs)]
+        return mixed, _finite(mixed)
+
+    def _rates(self, cells: list[_Cell | None], probe: bool = True) -> tuple:
+        """Every table expert's :meth:`_expert_rate` from a block's cells (as :meth:`_cells_of`
+        lists them), in the order of :data:`EXPERTS` (``probe``: whether the probe experts'
+        are wanted)."""
+        if self.cpu_bytes_per_us != self._priced_at:
+            self._price()
+        whole, of_size, of_recent, of_probe, of_both = cells
+        by_size = self._shrink(of_size, None if whole is None else (whole.own, whole.clean))
+        by_recent = self._shrink(of_recent, by_size)
+        if not probe:
+            return by_size, by_recent, None, None
+        return (by_size, by_recent, self._shrink(of_probe, by_size),
+                self._shrink(of_both, by_recent))
+
+    def _expert_rate(self, name: str, size: int, recent: float | None,
+                     probe: float | None) -> tuple | None:
+        """A table expert's cost estimates, each cell shrunk once towards its parent:
+        everything → size → size × recent → size × recent × probe, and size → size × probe."""
+        if self.cpu_bytes_per_us != self._priced_at:
+            self._price()
+        whole, of_size, of_recent, of_probe, of_both = map(
+            self._cells.get, self._cells_of(size, recent, probe))
+        rate = self._shrink(of_size, None if whole is None else (whole.own, whole.clean))
+        feats = EXPERTS[name]
+        if "recent" in feats:
+            rate = self._shrink(of_recent, rate)
+        if "probe" in feats:
+            rate = self._shrink(of_both if "recent" in feats else of_probe, rate)
+        return rate
+
+    @staticmethod
+    def _cells_of(size: int, recent: float | None, probe: float | None) -> tuple:
         """The cells a block falls in: everything, its size, size × recent compressibility,
         size × probe, size × both."""
         s = size_bucket(size)
         r, p = ratio_bucket(recent), ratio_bucket(probe)
         return ("all",), ("s", s), ("sr", s, r), ("sp", s, p), ("srp", s, r, p)
 
-    def _shrink(self, key: tuple, prior: np.ndarray | None) -> np.ndarray | None:
-        """Expected cost per raw byte of each codec in ``key``'s cell (nan: never measured),
-        its own data entering against ``prior`` (its parent's) with ``shrinkage`` weight."""
-        cell = self._cells.get(key)
-        if cell is None:
-            return prior
-        raw = cell[0]
-        own = np.divide(cell[1] + self.cpu_bytes_per_us * cell[2], raw,
-                        out=np.full(len(raw), np.nan), where=raw > 0)
-        if prior is None:
-            return own
-        w = self._counts[key] / (self._counts[key] + self.shrinkage)
-        mixed = w * own + (1 - w) * prior  # nan where either is
-        unmeasured = np.isnan(own)
-        mixed[unmeasured] = prior[unmeasured]
-        alone = np.isnan(prior) & ~unmeasured
-        mixed[alone] = own[alone]
-        return mixed
-
-    def _expert_rates(self, size: int, recent: float | None, probe: float | None
-                      ) -> dict[str, np.ndarray | None]:
-        """Each table expert's cost estimates, each cell shrunk once towards its parent:
-        everything → size → size × recent → size × recent × probe, and size → size × probe."""
-        whole, s, sr, sp, srp = self._cells_of(size, recent, probe)
-        by_size = self._shrink(s, self._shrink(whole, None))
-        by_recent = self._shrink(sr, by_size)
-        return {"size": by_size, "recent": by_recent, "probe": self._shrink(sp, by_size),
-                "recent+probe": self._shrink(srp, by_recent)}
+    def _price(self) -> None:
+        """Reprice every cell's ``own`` costs at the current ``λ``."""
+        for cell in self._cells.values():
+            cell.price(self.cpu_bytes_per_us)
+        self._priced_at = self.cpu_bytes_per_us
 
     @staticmethod
-    def _pick(rate: np.ndarray | None) -> int | None:
+    def _pick(rate: tuple | None) -> int | None:
         """The cheapest codec by ``rate`` (the first of equals), ``None`` if none was measured."""
         if rate is None:
             return None
-        best = np.where(np.isnan(rate), np.inf, rate)
-        i = int(best.argmin())
-        return None if best[i] == np.inf else i
+        costs, clean = rate
+        if not clean:
+            costs = [math.inf if c != c else c for c in costs]
+        best = min(costs)
+        return None if best == math.inf else costs.index(best)
 
     # -- learning -------------------------------------------------------------------------------
     def learn_one(self, x: Mapping[str, Any], costs: Mapping[str, tuple[float, float]]) -> None:
@@ -285,23 +345,46 @@ class CodecCostModel(OnlineModel):
         node = x.get("node_id")
         probe = x.get("probe_ratio")
         recent = self._recent.get(node) if node is not None else None
-        for codec in costs:
-            if codec not in self._index:
-                self._add_codec(codec)
+        index = self._index
+        if not index.keys() >= costs.keys():
+            for codec in costs:
+                if codec not in index:
+                    self._add_codec(codec)
         lam = self.cpu_bytes_per_us
-        block = np.zeros((3, len(self.codecs)))  # raw, compressed, cpu µs
-        for codec, (nbytes, us) in costs.items():
-            block[:, self._index[codec]] = (size, nbytes, us)
-        measured = block[0] > 0
-        actual = np.where(measured, block[1] + lam * block[2], np.nan)
-        self._score(size, node, recent, probe, actual, x.get("features"))
-        for key in self._cells_of(size, recent, probe):
-            cell = self._cells.get(key)
+        if lam != self._priced_at:
+            self._price()
+        width = len(self.codecs)
+        block = [(index[codec], float(nbytes), float(us)) for codec, (nbytes, us) in costs.items()]
+        actual = [math.nan] * width  # the block's cost under each codec (nan: not measured)
+        for i, nbytes, us in block:
+            actual[i] = nbytes + lam * us
+        complete = len(block) == width
+        full = complete and _finite(actual)
+        keys = self._cells_of(size, recent, probe)
+        cells = self._cells
+        mine = list(map(cells.get, keys))
+        self._score(keys[1][1], node, probe, mine, actual, full, x.get("features"))
+        for key, cell in zip(keys, mine):
             if cell is None:
-                cell = self._cells[key] = np.zeros_like(block)
-                self._counts[key] = 0.0
-            cell += block
-            self._counts[key] += 1.0
+                cell = cells[key] = _Cell(width)
+            raw, comp, cpu, own = cell.raw, cell.comp, cell.cpu, cell.own
+            if complete and cell.even:  # every codec measured on every block: one raw total
+                total = raw[0] + size
+                raw[:] = (total,) * width
+                for i, nbytes, us in block:
+                    squeezed = comp[i] = comp[i] + nbytes
+                    spent = cpu[i] = cpu[i] + us
+                    own[i] = (squeezed + lam * spent) / total
+            else:
+                cell.even = False
+                for i, nbytes, us in block:
+                    total = raw[i] = raw[i] + size
+                    squeezed = comp[i] = comp[i] + nbytes
+                    spent = cpu[i] = cpu[i] + us
+                    own[i] = (squeezed + lam * spent) / total
+            cell.n += 1.0
+            if not (full and cell.clean):
+                cell.clean = _finite(own)
         if node is not None and "lz4" in costs:
             self._recent[node] = costs["lz4"][0] / size
             self._recent.move_to_end(node)
@@ -309,47 +392,55 @@ class CodecCostModel(OnlineModel):
                 self._recent.popitem(last=False)
         self.n_updates += 1
 
-    def _expert_picks(self, size: int, recent: float | None, probe: float | None,
-                      features: Mapping[str, float] | None) -> list[int | None]:
-        rates = self._expert_rates(size, recent, probe)
-        picks: list[int | None] = list(range(len(self.codecs)))
-        for name, feats in EXPERTS.items():
-            picks.append(None if "probe" in feats and probe is None else self._pick(rates[name]))
-        if self.net is not None:
-            picks.append(self._index.get(self.net.predict(features)["algorithm"])
-                         if features is not None and probe is not None else None)
-        return picks
-
-    def _selection_us(self) -> np.ndarray:
-        """What each expert's choosing costs a node, in µs (cached: experts rarely change)."""
+    def _selection_cost(self) -> list[float]:
+        """What each expert's choosing costs a node, in bytes: ``λ`` × its µs (cached: experts
+        rarely change)."""
         key = (len(self.experts), self.lookup_us, self.probe_us, self.net_us)
-        if self._selection is None or self._selection[0] != key:
+        lam, cached = self.cpu_bytes_per_us, self._selection
+        if cached is None or cached[0] != key:
             us = [0.0] * len(self.codecs)
             us += [self.lookup_us + (self.probe_us if "probe" in feats else 0.0)
                    for feats in EXPERTS.values()]
             if self.net is not None:
                 us.append(self.net_us)
-            self._selection = (key, np.array(us))
-        return self._selection[1]
+        elif cached[2] == lam:
+            return cached[3]
+        else:
+            us = cached[1]
+        self._selection = (key, us, lam, [lam * u for u in us])
+        return self._selection[3]
 
-    def _score(self, size, node, recent, probe, actual, features) -> None:
-        picks = self._expert_picks(size, recent, probe, features)
-        fallback = picks[len(self.codecs)]  # the size expert: what a rule without its inputs does
-        chosen = np.array([np.nan if q is None else actual[q]
-                           for q in (fallback if p is None else p for p in picks)])
-        # an expert with no answer, or one the node did not measure, pays the dearest measured
-        cost = np.where(np.isnan(chosen), np.nanmax(actual), chosen)
-        cost += self.cpu_bytes_per_us * self._selection_us()
-        keep, s, scores = self._keep, size_bucket(size), self._scores
+    def _score(self, s, node, probe, cells, actual, full, features) -> None:
+        """Charge every expert what it would have cost on this block (``actual``: each codec's
+        cost, nan where not measured; ``full``: every codec measured, all finite)."""
+        picks = list(map(self._pick, self._rates(cells, probe is not None)))
+        fallback = picks[0]  # the size expert: what a rule without its inputs does
+        if self.net is not None:
+            picks.append(self._index.get(self.net.predict(features)["algorithm"])
+                         if features is not None and probe is not None else None)
+        if full:
+            dearest = max(actual)
+            alt = dearest if fallback is None else actual[fallback]
+            chosen = actual + [alt if q is None else actual[q] for q in picks]
+        else:
+            # an expert with no answer, or one the node did not measure, pays the dearest measured
+            dearest = max((a for a in actual if a == a), default=math.nan)
+            alt = math.nan if fallback is None else actual[fallback]
+            chosen = [a if a == a else dearest
+                      for a in actual + [alt if q is None else actual[q] for q in picks]]
+        cost = list(map(operator.add, chosen, self._selection_cost()))
+        if self._finite and not _finite(cost):
+            self._finite = False
+        keep, scores = self._keep, self._scores
         for key in ((), (s,), (node,), (node, s)) if node is not None else ((), (s,)):
             entry = scores.get(key)
             if entry is None:
-                entry = scores[key] = [np.zeros(len(cost)), 0.0]
+                entry = scores[key] = [[0.0] * len(cost), 0.0]
                 if key and isinstance(key[0], str) and len(scores) > self.max_nodes:
                     self._forget_oldest_node_score()
             elif key and isinstance(key[0], str):
                 scores.move_to_end(key)
-            entry[0] = entry[0] * keep + cost
+            entry[0] = [a * keep + c for a, c in zip(entry[0], cost)]
             entry[1] = entry[1] * keep + 1.0
 
     def _forget_oldest_node_score(self) -> None:
@@ -358,7 +449,7 @@ class CodecCostModel(OnlineModel):
                 del self._scores[key]
                 return
 
-    def _leader(self, size: int, eligible: np.ndarray | None = None,
+    def _leader(self, size: int, eligible: tuple[bool, ...] | None = None,
                 node: str | None = None) -> int | None:
         """The expert with the least running cost for blocks of this size of this node.
 
@@ -371,29 +462,67 @@ class CodecCostModel(OnlineModel):
         total = self._scores.get(())
         if total is None or total[1] == 0:
             return None
-        overall = total[0] / total[1]
+        if not self._finite:
+            return self._leader_by_numpy(size, eligible, node)
+        blocks = total[1]
+        overall = [c / blocks for c in total[0]]
+        least = min(overall)
         s = size_bucket(size)
-        score = self._shrunk((s,), overall)
+        score = self._shrunk((s,), overall, least)
         if node is not None and (node,) in self._scores:
-            mine = self._shrunk((node,), overall)
+            mine = self._shrunk((node,), overall, least)
+            if least > 0:
+                mine_least = min(mine)
+                if mine_least == 0:  # numpy's infinities and nans, not Python's error
+                    return self._leader_by_numpy(size, eligible, node)
+                score = [c * ((a / mine_least) / (b / least))
+                         for c, a, b in zip(score, mine, overall)]
+            score = self._shrunk((node, s), score, min(score))
+        if eligible is not None:
+            score = [c if ok else math.inf for c, ok in zip(score, eligible)]
+        return score.index(min(score))
+
+    def _shrunk(self, key: tuple, prior: list[float], least: float) -> list[float]:
+        """``key``'s running costs per block, ``prior`` (whose least is ``least``) entering as
+        ``prior_blocks`` pseudo-blocks rescaled to its own block cost."""
+        entry = self._scores.get(key)
+        if entry is None or entry[1] == 0:
+            return prior
+        scale = (min(entry[0]) / entry[1]) / least if least > 0 else 1.0
+        m = self.prior_blocks
+        blocks = entry[1] + m
+        return [(c + m * b * scale) / blocks for c, b in zip(entry[0], prior)]
+
+    def _leader_by_numpy(self, size: int, eligible: tuple[bool, ...] | None,
+                         node: str | None) -> int:
+        """:meth:`_leader` by numpy's rules for nan and division by zero: for costs that are
+        not finite, or zero."""
+        def shrunk(key, prior):
+            entry = self._scores.get(key)
+            if entry is None or entry[1] == 0:
+                return prior
+            costs = np.array(entry[0])
+            scale = (costs.min() / entry[1]) / prior.min() if prior.min() > 0 else 1.0
+            return (costs + self.prior_blocks * prior * scale) / (entry[1] + self.prior_blocks)
+
+        total = self._scores[()]
+        overall = np.array(total[0]) / total[1]
+        s = size_bucket(size)
+        score = shrunk((s,), overall)
+        if node is not None and (node,) in self._scores:
+            mine = shrunk((node,), overall)
             tilt = (mine / mine.min()) / (overall / overall.min()) if overall.min() > 0 else 1.0
-            score = self._shrunk((node, s), score * tilt)
+            score = shrunk((node, s), score * tilt)
         if eligible is not None:
             score = np.where(eligible, score, np.inf)
         return int(np.argmin(score))
 
-    def _shrunk(self, key: tuple, prior: np.ndarray) -> np.ndarray:
-        entry = self._scores.get(key)
-        if entry is None or entry[1] == 0:
-            return prior
-        scale = (entry[0].min() / entry[1]) / prior.min() if prior.min() > 0 else 1.0
-        m = self.prior_blocks
-        return (entry[0] + m * prior * scale) / (entry[1] + m)
-
     def _columns(self, change) -> None:
-        """Apply ``change(costs) -> costs`` to every running-cost vector."""
+        """Apply ``change(costs) -> costs`` to every running-cost vector (a numpy array: these
+        changes are rare, and keep numpy's rules)."""
         for entry in self._scores.values():
-            entry[0] = change(entry[0])
+            entry[0] = change(np.array(entry[0])).tolist()
+        self._finite = all(_finite(entry[0]) for entry in self._scores.values())
 
     def _add_codec(self, codec: str) -> None:
         """A codec never seen before joins the tables and, as a fixed rule, the experts (with
@@ -403,8 +532,11 @@ class CodecCostModel(OnlineModel):
         at = len(self.codecs)
         self.codecs += (codec,)
         self._index[codec] = at
-        for key, cell in self._cells.items():
-            self._cells[key] = np.pad(cell, ((0, 0), (0, 1)))
+        for cell in self._cells.values():
+            for column in (cell.raw, cell.comp, cell.cpu):
+                column.append(0.0)
+            cell.own.append(math.nan)
+            cell.clean = cell.even = False
         self.experts.insert(at, f"fixed:{codec}")
         self._columns(lambda costs: np.insert(costs, at, costs.max(initial=0.0)))
         self._policy = None
@@ -457,7 +589,7 @@ class CodecCostModel(OnlineModel):
         if name == "net":
             codec = (net or self.net).predict(features)["algorithm"]
             return CodecChoice(codec, name, True, self.net_us)
-        pick = self._pick(self._expert_rates(size, recent, value)[name])
+        pick = self._pick(self._expert_rate(name, size, recent, value))
         us = self.lookup_us + (self.probe_us if probed else 0.0)
         if pick is None:
             return CodecChoice(heuristic_codec(size), "fallback", probed, us, "fallback")
@@ -470,12 +602,17 @@ class CodecCostModel(OnlineModel):
         return lead is not None and (self.experts[lead] == "net"
                                      or "probe" in EXPERTS.get(self.experts[lead], ()))
 
-    def _eligible(self, has_probe: bool, has_features: bool) -> np.ndarray:
+    def _eligible(self, has_probe: bool, has_features: bool) -> tuple[bool, ...]:
         """Which experts can answer with (or without) the probe and the net's features."""
-        ok = [True] * len(self.codecs) + [has_probe or "probe" not in f for f in EXPERTS.values()]
-        if self.net is not None:
-            ok.append(has_probe and has_features)
-        return np.array(ok)
+        key = (has_probe, has_features, len(self.codecs), self.net is not None)
+        ok = self._eligibility.get(key)
+        if ok is None:
+            ok = [True] * len(self.codecs) + [has_probe or "probe" not in f
+                                              for f in EXPERTS.values()]
+            if self.net is not None:
+                ok.append(has_probe and has_features)
+            ok = self._eligibility[key] = tuple(ok)
+        return ok
 
     def policy(self) -> CodecPolicy:
         """The current decisions as a :class:`CodecPolicy` (cached until the next update)."""
@@ -496,7 +633,7 @@ class CodecCostModel(OnlineModel):
                 continue
             table: dict[Any, str] = {}
             feats = EXPERTS[name]
-            pick = self._pick(self._expert_rates(size, None, None)["size"])
+            pick = self._pick(self._expert_rate("size", size, None, None))
             by_size = self.codecs[pick] if pick is not None else heuristic_codec(size)
             if not feats:
                 table[()] = by_size
@@ -506,7 +643,7 @@ class CodecCostModel(OnlineModel):
                 for r, p in grid:
                     rv = None if r in (None, -1) else (r + 0.5) * _RATIO_STEP
                     pv = None if p is None else (p + 0.5) * _RATIO_STEP
-                    pick = self._pick(self._expert_rates(size, rv, pv)[name])
+                    pick = self._pick(self._expert_rate(name, size, rv, pv))
                     key = tuple(v for v in (r, p) if v is not None)
                     table[key] = self.codecs[pick] if pick is not None else heuristic_codec(size)
                 # a bucket no block of this size fell in: the size's own estimates
@@ -544,7 +681,24 @@ class CodecCostModel(OnlineModel):
         state["net"] = None  # batch models are files in the registry, attached on load
         state["_policy"] = state["_selection"] = None
         state["_policy_at"] = -1
+        state["_eligibility"] = {}
         if self.net is not None:  # persist the pool without the net's column
             state["experts"] = self.experts[:-1]
             state["_scores"] = OrderedDict((k, [v[0][:-1], v[1]]) for k, v in self._scores.items())
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_counts" in state:  # saved when the cells were numpy arrays, their counts apart
+            counts = self.__dict__.pop("_counts")
+            cells: dict[tuple, _Cell] = {}
+            for key, sums in self._cells.items():
+                cell = cells[key] = _Cell(0)
+                cell.raw, cell.comp, cell.cpu = sums.tolist()
+                cell.n, cell.even = counts[key], len(set(cell.raw)) <= 1
+                cell.price(self.cpu_bytes_per_us)
+            self._cells, self._priced_at = cells, self.cpu_bytes_per_us
+            self._scores = OrderedDict((k, [np.asarray(v[0]).tolist(), v[1]])
+                                       for k, v in self._scores.items())
+            self._finite = all(_finite(v[0]) for v in self._scores.values())
+            self._eligibility = {}

@@ -3,7 +3,7 @@ serving as the Q-function.
 
 An action is a mode, a fanout (fractional: 5.5 sends five, and a sixth half the time), a TTL and,
 for ``push-pull``, a number of anti-entropy rounds (see :mod:`pakit_stream.replay.gossip`). Each
-logged ``gossip_round`` teaches two River ``BayesianLinearRegression`` models per mode:
+logged ``gossip_round`` teaches two River Bayesian linear regressions per mode:
 
 * the **shortfall** ``log10(1 - coverage)`` (floored at half a node), and
 * the **payload messages per node**,
@@ -14,6 +14,9 @@ carries the structure (how fanout, TTL, pull rounds, size and loss trade off); t
 learn how the real network departs from it (unmeasured links, finite sizes), and they learn it
 from every state at once, so that a state never seen is answered as well as its neighbours.
 Control messages (the digests of anti-entropy) are known from the action: two per node and round.
+The regressions are :class:`DenseBayesianRegression`, River's Bayesian linear regression on numpy
+vectors; a logged round is queued, and a mode's queue is learned in one batch when an answer
+needs its models (or when it grows long).
 
 The answer is the cheapest action, ``payload + control_cost * control`` per node, whose shortfall
 is predicted below ``1 - coverage_target`` by ``confidence`` residual deviations; when none is,
@@ -45,7 +48,8 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from river import linear_model, stats
+from river import base, linear_model, proba, stats
+from scipy.linalg import lapack
 
 from pakit_stream.base_model import ModelConfig, OnlineModel
 from pakit_stream.exceptions import UsageError
@@ -121,43 +125,143 @@ def mean_field(n: int, fanout: float, ttl: int, loss: float, mode: str = "push",
     return max(1.0 - informed, 0.0), payload
 
 
-def _mean_field_many(n: int, loss: float, fanout: np.ndarray, ttl: np.ndarray,
+def _mean_field_many(n, loss, fanout: np.ndarray, ttl: np.ndarray,
                      pull: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`mean_field` for many actions at once (``pull`` is 0 for push)."""
+    """:func:`mean_field` for many actions at once (``pull`` is 0 for push), in one network
+    or, with arrays of ``n`` and ``loss`` too, in many."""
     informed = np.full(fanout.shape, 1.0 / n)
     new, payload = informed.copy(), np.zeros(fanout.shape)
     keep = 1.0 - loss
-    for hop in range(int(ttl.max(initial=0))):
-        live = (hop < ttl) & (new * n >= 1e-6)
-        payload += np.where(live, fanout * new, 0.0)
-        newly = np.where(live, (1.0 - informed) * (1.0 - np.exp(-fanout * keep * new)), 0.0)
-        informed, new = informed + newly, np.where(live, newly, new)
+    rate = -fanout * keep
+    hops = np.arange(int(ttl.max(initial=0)))[:, None] < ttl
+    for within_ttl in hops:
+        # a finished broadcast sends nothing, so it informs nobody and stays finished
+        new = np.where(within_ttl & (new * n >= 1e-6), new, 0.0)
+        payload += fanout * new
+        new = (1.0 - informed) * (1.0 - np.exp(rate * new))
+        informed = informed + new
     for round_ in range(int(pull.max(initial=0))):
         live = round_ < pull
         missing = 1.0 - informed
-        reach = (1.0 - missing) * keep
-        payload += np.where(live, 2.0 * missing * (1.0 - missing), 0.0)
+        reached = 1.0 - missing
+        reach = reached * keep
+        payload += np.where(live, 2.0 * missing * reached, 0.0)
         informed = np.where(live, 1.0 - missing * (1.0 - reach) * np.exp(-reach), informed)
     return np.maximum(1.0 - informed, 0.0), payload
 
 
 _SHORT_FEATURES = ("log_n", "loss", "slow", "mean_field", "floor", "pull")
 _PAYLOAD_FEATURES = ("log_n", "loss", "slow", "mean_field", "fanout")
+#: logged rounds a mode keeps queued at most before its models learn them (two blocks of
+#: :meth:`DenseBayesianRegression.learn_rows`: what an answer may have to learn first)
+_MAX_QUEUED = 128
 
 
-def _columns(n: int, latency_ms: float, loss: float, fanout, pull, short, payload):
+def _log10(value):
+    # math for one network (as its features always were), numpy for many
+    return np.log10(value) if isinstance(value, np.ndarray) else math.log10(value)
+
+
+def _columns(n, latency_ms, loss, fanout, pull, short, payload):
     """The values of :data:`_SHORT_FEATURES` and :data:`_PAYLOAD_FEATURES`, in that order,
-    for one action (numbers) or many (numpy arrays of fanout, pull and mean-field figures)."""
+    for one action (numbers), many actions (numpy arrays of fanout, pull and mean-field
+    figures) or many rounds (arrays of all of them)."""
     floor = _FLOOR / n
-    common = [math.log10(n), loss, min(latency_ms / 1000.0, 5.0)]
-    return (common + [np.log10(np.maximum(short, floor)), math.log10(floor), pull],
+    common = [_log10(n), loss, np.minimum(latency_ms / 1000.0, 5.0)]
+    return (common + [np.log10(np.maximum(short, floor)), _log10(floor), pull],
             common + [payload, fanout])
 
 
-def _weights(model, names: Sequence[str]) -> np.ndarray:
-    """A River linear model's weights, read through its public ``predict_one`` (it has no
-    intercept: the prediction at a unit vector is that feature's weight)."""
-    return np.array([model.predict_one({name: 1.0}) for name in names])
+class DenseBayesianRegression(base.Regressor):
+    """River's ``linear_model.BayesianLinearRegression`` (without smoothing) over a fixed list
+    of features, in numpy: prior ``N(0, I / alpha)`` on the weights, noise precision ``beta``,
+    the posterior mean as its prediction (Bishop, eq. 3.50-3.59). A row is a vector in the
+    order of ``features``, or a dict: a feature it lacks is 0, one not listed is ignored when
+    learning and, predicting, unknown (as to River's model before it learned that feature).
+    :meth:`learn_rows` learns many rows at once and gives each one's error before it was
+    learned.
+
+    >>> from river import linear_model
+    >>> ours = DenseBayesianRegression(("a", "b"), beta=4.0)
+    >>> river = linear_model.BayesianLinearRegression(beta=4.0)
+    >>> for i in range(20):
+    ...     x = {"a": i / 10, "b": 1.0}
+    ...     ours.learn_one(x, 3 * x["a"] - 1)
+    ...     river.learn_one(x, 3 * x["a"] - 1)
+    >>> x = {"a": 2.5, "b": 1.0}
+    >>> abs(ours.predict_one(x) - river.predict_one(x)) < 1e-12
+    True
+    >>> ours.predict_one(x, with_dist=True), river.predict_one(x, with_dist=True)
+    (𝒩(μ=6.296, σ=0.590), 𝒩(μ=6.296, σ=0.590))
+    """
+
+    def __init__(self, features: Sequence[str], alpha: float = 1.0, beta: float = 1.0) -> None:
+        self.features = tuple(features)
+        self.alpha, self.beta = alpha, beta
+        d = len(self.features)
+        self._precision = np.eye(d) * alpha  # alpha * I + beta * sum(x x^T), summed exactly
+        self._cov = np.eye(d) / alpha  # its inverse
+        self._eta = np.zeros(d)  # beta * sum(y * x)
+        self._mean = np.zeros(d)  # cov @ eta, the weights
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The posterior mean of the weights, in the order of ``features``."""
+        return self._mean
+
+    def _row(self, x) -> tuple[np.ndarray, float]:
+        """``x`` as a vector, and the squared norm of its values for unknown features."""
+        if not isinstance(x, Mapping):
+            return np.asarray(x, dtype=float), 0.0
+        unknown = sum(float(v) ** 2 for k, v in x.items() if k not in self.features)
+        return np.array([float(x.get(f, 0.0)) for f in self.features]), unknown
+
+    def learn_one(self, x, y: float) -> None:
+        self.learn_rows(self._row(x)[0][None], [y])
+
+    def learn_rows(self, X, y) -> np.ndarray:
+        """Learn the rows of ``X`` (in order) with their targets ``y``, as ``learn_one`` on
+        each would; returns each row's target less its prediction just before it was learned."""
+        X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+        errors = np.empty(len(y))
+        for i in range(0, len(y), 64):
+            xs, ys = X[i:i + 64], y[i:i + 64]
+            # the targets' joint predictive covariance; its Cholesky factor conditions each
+            # row's prediction on the rows before it (Gaussian conditioning, all at once)
+            joint = xs @ self._cov @ xs.T
+            joint.flat[::len(ys) + 1] += 1.0 / self.beta
+            chol, info = lapack.dpotrf(joint, lower=1, clean=0)
+            if info:
+                raise np.linalg.LinAlgError("rows with values that are not finite")
+            white, _ = lapack.dtrtrs(chol, ys - xs @ self._mean, lower=1)
+            errors[i:i + 64] = white * chol.diagonal()
+            self._precision += self.beta * (xs.T @ xs)
+            self._eta += self.beta * (xs.T @ ys)
+            self._cov = np.linalg.inv(self._precision)
+            self._mean = self._cov @ self._eta
+        return errors
+
+    def predict_one(self, x, with_dist: bool = False):
+        x, unknown = self._row(x)
+        mean = float(self._mean @ x)
+        if not with_dist:
+            return mean
+        var = 1.0 / self.beta + float(x @ self._cov @ x) + unknown / self.alpha
+        return proba.Gaussian._from_state(n=1, m=mean, var=var, ddof=0)
+
+    @classmethod
+    def from_river(cls, model: linear_model.BayesianLinearRegression,
+                   features: Sequence[str]) -> DenseBayesianRegression:
+        """The same posterior as River's ``model`` (as pickled by earlier versions)."""
+        new = cls(features, model.alpha, model.beta)
+        if model._idx:
+            at = [model._idx[f] for f in new.features]
+            cov, alpha = model._ss_inv_arr[np.ix_(at, at)], model.alpha
+            # River starts its precision, unlike its covariance, at I / alpha (they agree at 1)
+            new._precision = model._ss_arr[np.ix_(at, at)] + (alpha - 1 / alpha) * np.eye(len(at))
+            new._cov, new._eta = cov, model._eta_arr[at]
+            new._mean = new._cov @ new._eta
+        return new
 
 
 class NetworkOptimizer(OnlineModel):
@@ -180,13 +284,14 @@ class NetworkOptimizer(OnlineModel):
         # the guide's episodes: a tabular Q-learner over abstract states
         self._q: dict[Hashable, dict[tuple[int, int], float]] = defaultdict(dict)
         self._n: dict[tuple[Hashable, tuple[int, int]], int] = defaultdict(int)
-        # gossip rounds: per mode, River regressions of shortfall and payload, and how far
-        # the shortfall's predictions miss (its residual spread)
-        self._shortfall = {m: linear_model.BayesianLinearRegression(alpha=1.0, beta=4.0)
+        # gossip rounds: per mode, River regressions of shortfall and payload, how far the
+        # shortfall's predictions miss (its residual spread), and the rounds not learned yet
+        self._shortfall = {m: DenseBayesianRegression(_SHORT_FEATURES, alpha=1.0, beta=4.0)
                            for m in _MODES}
-        self._payload = {m: linear_model.BayesianLinearRegression(alpha=1.0, beta=4.0)
+        self._payload = {m: DenseBayesianRegression(_PAYLOAD_FEATURES, alpha=1.0, beta=4.0)
                          for m in _MODES}
         self._residual = {m: stats.Var() for m in _MODES}
+        self._queue: dict[str, list[tuple]] = {m: [] for m in _MODES}
         self.rounds = {m: 0 for m in _MODES}
         #: rounds learned per (mode, size band, loss band): a mode is chosen for a network
         #: only where it was seen ``min_support`` times nearby (its models extrapolate
@@ -197,13 +302,6 @@ class NetworkOptimizer(OnlineModel):
         self._rng = random.Random(seed)
 
     # -- features ---------------------------------------------------------------------------
-    def _features(self, n: int, latency_ms: float, loss: float, mode: str, fanout: float,
-                  ttl: int, pull: int) -> tuple[dict[str, float], dict[str, float]]:
-        short, payload = mean_field(n, fanout, ttl, loss, mode, pull)
-        x_short, x_pay = _columns(n, latency_ms, loss, fanout, pull, short, payload)
-        return ({k: float(v) for k, v in zip(_SHORT_FEATURES, x_short)},
-                {k: float(v) for k, v in zip(_PAYLOAD_FEATURES, x_pay)})
-
     def state(self, network_size: int | None = None, avg_latency_ms: float = 0.0,
               message_loss_rate: float = 0.0) -> tuple[int, int, int]:
         size_band = -1 if not network_size else min(int(math.log2(max(network_size, 1))), 24)
@@ -247,21 +345,39 @@ class NetworkOptimizer(OnlineModel):
         if mode not in _MODES:
             raise UsageError(f"unknown gossip mode {mode!r}")
         n = max(int(network_size), 1)
-        x_short, x_pay = self._features(n, avg_latency_ms, message_loss_rate, mode, fanout, ttl,
-                                        pull_rounds if mode == "push-pull" else 0)
-        y = math.log10(max(1.0 - coverage, _FLOOR / n))
-        if self.rounds[mode] >= 10:  # residuals of a model that has seen something
-            self._residual[mode].update(y - self._shortfall[mode].predict_one(x_short))
-        self._shortfall[mode].learn_one(x_short, y)
         sent = min(messages_sent / n, MAX_PER_NODE)
-        self._payload[mode].learn_one(x_pay, sent)
+        y = math.log10(max(1.0 - coverage, _FLOOR / n))
+        if not math.isfinite(y + sent + avg_latency_ms + message_loss_rate + fanout):
+            raise UsageError("a gossip round with a number that is not finite")
+        queue = self._queue[mode]
+        queue.append((n, avg_latency_ms, message_loss_rate, fanout, ttl,
+                      pull_rounds if mode == "push-pull" else 0, y, sent))
         self.rounds[mode] += 1
+        if len(queue) >= _MAX_QUEUED:
+            self._learn_queued(mode)
         cell = self._cell(mode, n, message_loss_rate)
         self._support[cell] = self._support.get(cell, 0) + 1
         self.n_updates += 1
         low, high = REWARD_BOUNDS
         control = min(control_messages / n, MAX_PER_NODE)
         return min(max(self.reward(coverage, sent * n, n, control * n), low), high)
+
+    def _learn_queued(self, mode: str) -> None:
+        """Teach ``mode``'s models the rounds queued since they last learned, all at once."""
+        queue = self._queue[mode]
+        if not queue:
+            return
+        n, latency, loss, fanout, ttl, pull, y, sent = np.array(queue, dtype=float).T
+        cols = _columns(n, latency, loss, fanout, pull,
+                        *_mean_field_many(n, loss, fanout, ttl, pull))
+        x_short, x_pay = (np.column_stack(c) for c in cols)
+        errors = self._shortfall[mode].learn_rows(x_short, y)
+        self._payload[mode].learn_rows(x_pay, sent)
+        seen = self.rounds[mode] - len(queue)  # rounds learned before these
+        residuals = errors[max(10 - seen, 0):]  # those of a model that has seen something
+        if len(residuals):
+            self._residual[mode].update_many(residuals)
+        queue.clear()
 
     @staticmethod
     def _cell(mode: str, n: int, loss: float) -> tuple[str, int, int]:
@@ -271,6 +387,12 @@ class NetworkOptimizer(OnlineModel):
         # checkpoints from before support was counted: count from now, ask for none
         state.setdefault("_support", {})
         state.setdefault("min_support", 0)
+        # checkpoints from before the queue: River's own Bayesian regressions, all learned
+        state.setdefault("_queue", {m: [] for m in _MODES})
+        for models, names in (("_shortfall", _SHORT_FEATURES), ("_payload", _PAYLOAD_FEATURES)):
+            state[models] = {m: DenseBayesianRegression.from_river(r, names) if
+                             isinstance(r, linear_model.BayesianLinearRegression) else r
+                             for m, r in state[models].items()}
         self.__dict__.update(state)
 
     def learn_record(self, record: Mapping[str, Any]) -> None:
@@ -291,7 +413,9 @@ class NetworkOptimizer(OnlineModel):
         upper bound at ``confidence`` deviations), payload and control messages per node."""
         mode, fanout, ttl, pull = action
         n = max(int(network_size), 1)
-        x_short, x_pay = self._features(n, avg_latency_ms, loss, mode, fanout, ttl, pull)
+        self._learn_queued(mode)
+        x_short, x_pay = _columns(n, avg_latency_ms, loss, fanout, pull,
+                                  *mean_field(n, fanout, ttl, loss, mode, pull))
         log_short = self._shortfall[mode].predict_one(x_short)
         spread = math.sqrt(self._residual[mode].get()) if self.rounds[mode] > 20 else 1.0
         payload = max(self._payload[mode].predict_one(x_pay), 0.0)
@@ -312,12 +436,13 @@ class NetworkOptimizer(OnlineModel):
     def _predicted(self, mode: str, n: int, avg_latency_ms: float, loss: float):
         """``(actions, log10 shortfall, its spread, cost per node)`` of every action of
         ``mode``: :meth:`expect` for all of them at once, in numpy."""
+        self._learn_queued(mode)
         acts, fanout, pull, short, payload = self._mean_field(mode, n, loss)
         x_short, x_pay = (np.column_stack(np.broadcast_arrays(*cols)) for cols in
                           _columns(n, avg_latency_ms, loss, fanout, pull, short, payload))
-        log_short = x_short @ _weights(self._shortfall[mode], _SHORT_FEATURES)
+        log_short = x_short @ self._shortfall[mode].weights
         spread = math.sqrt(self._residual[mode].get()) if self.rounds[mode] > 20 else 1.0
-        paid = np.maximum(x_pay @ _weights(self._payload[mode], _PAYLOAD_FEATURES), 0.0)
+        paid = np.maximum(x_pay @ self._payload[mode].weights, 0.0)
         control = 2.0 * pull if mode == "push-pull" else np.zeros(len(acts))
         return acts, log_short, spread, paid + self.control_cost * control
 

@@ -97,16 +97,32 @@ class _Stream:
 
 
 class _Outcomes:
-    """A node's open proposals: which were read within the horizon."""
+    """A node's open proposals: which were read within the horizon.
 
-    __slots__ = ("clock", "open", "queue", "read", "ids")
+    A proposal opened after one read is a *group*: the list of the buckets it falls in. A
+    group read in time is emptied, so that its expiry finds nothing left to count as a miss.
+    """
+
+    __slots__ = ("clock", "open", "queue")
 
     def __init__(self) -> None:
         self.clock = 0
-        self.open: dict[Any, list[tuple[int, tuple]]] = {}  # key -> (id, bucket) not yet read
-        self.queue: deque[tuple[int, int, Any]] = deque()  # (expires, id, key), oldest first
-        self.read: set[int] = set()  # ids read before they expired
-        self.ids = 0
+        self.open: dict[Any, list[list[tuple]]] = {}  # key -> its groups not yet read, oldest first
+        self.queue: deque[tuple[int, Any, list[tuple]]] = deque()  # (expires, key, group)
+
+    def __setstate__(self, state) -> None:
+        """Checkpoints from before the groups: one (id, bucket) entry per bucket, ids of
+        proposals read kept apart. Each unread entry becomes a group of one, in the same order."""
+        slots = state[1] if isinstance(state, tuple) else state
+        self.clock = slots["clock"]
+        if "ids" not in slots:
+            self.open, self.queue = slots["open"], slots["queue"]
+            return
+        groups = {pid: [bucket] for waiting in slots["open"].values() for pid, bucket in waiting}
+        self.open = {key: [groups[pid] for pid, _ in waiting]
+                     for key, waiting in slots["open"].items()}
+        self.queue = deque((expires, key, groups.get(pid, []))
+                           for expires, pid, key in slots["queue"])
 
 
 def delta_sequences(records: Iterable[tuple[str, str | None, int | None]]) -> list[list[str]]:
@@ -170,6 +186,7 @@ class Prefetcher(OnlineModel):
         self._outcomes: OrderedDict[str, _Outcomes] = OrderedDict()
         # bucket, and source -> [read, proposed], decayed
         self._calibration: dict[Any, list[float]] = {}
+        self._pairs: dict[tuple, tuple[list[float], list[float]]] = {}  # bucket -> its, source's
         self._cached: OrderedDict[str, dict] = OrderedDict()
         self._reuse: OrderedDict[str, ReuseProfile] = OrderedDict()  # node -> its reads' reuse
 
@@ -245,47 +262,59 @@ class Prefetcher(OnlineModel):
         if out is None:
             out = self._outcomes[node_id] = _Outcomes()
         out.clock += 1
-        queue, clock = out.queue, out.clock
+        queue, clock, opened = out.queue, out.clock, out.open
         while queue and queue[0][0] < clock:  # not read within the horizon: a miss
-            _, pid, key = queue.popleft()
-            if pid in out.read:
-                out.read.discard(pid)
+            _, key, group = queue.popleft()
+            if not group:  # read in time
                 continue
-            waiting = out.open[key]
-            for i, (other, bucket) in enumerate(waiting):
-                if other == pid:
-                    del waiting[i]
-                    break
+            waiting = opened[key]
+            if waiting[0] is group:  # groups expire in the order they were opened
+                del waiting[0]
+            else:
+                waiting[:] = [g for g in waiting if g is not group]
             if not waiting:
-                del out.open[key]
-            self._credit(bucket, 0.0)
+                del opened[key]
+            self._credit(group, 0.0)
         position = (object_id, chunk_index)
         if object_id is None:  # a node without positions reads a block proposed by position
             position = self._position.get(block_hash)
         for key in (block_hash, position):
-            for pid, bucket in out.open.pop(key, ()):
-                self._credit(bucket, 1.0)
-                out.read.add(pid)
+            groups = opened.pop(key, None)
+            if groups is not None:
+                for group in groups:
+                    self._credit(group, 1.0)
+                    group.clear()
         return clock
 
-    def _credit(self, bucket: tuple, read: float) -> None:
-        d = self.decay
-        for key in (bucket, bucket[0]):  # the bucket, and its source as a whole
-            c = self._calibration.get(key)
-            if c is None:
-                c = self._calibration[key] = [0.0, 0.0]
-            c[0] = c[0] * d + read
-            c[1] = c[1] * d + 1.0
+    def _credit(self, buckets: list[tuple], read: float) -> None:
+        """Count one proposal, read or not, in each of its buckets and their sources."""
+        d, pairs = self.decay, self._pairs
+        for bucket in buckets:
+            pair = pairs.get(bucket)
+            if pair is None:
+                pair = self._pair(bucket)
+            for c in pair:  # the bucket, and its source as a whole
+                c[0] = c[0] * d + read
+                c[1] = c[1] * d + 1.0
+
+    def _pair(self, bucket: tuple) -> tuple[list[float], list[float]]:
+        cal = self._calibration
+        pair = (cal.setdefault(bucket, [0.0, 0.0]), cal.setdefault(bucket[0], [0.0, 0.0]))
+        self._pairs[bucket] = pair
+        return pair
 
     def _open(self, node_id: str, candidates) -> None:
         out = self._outcomes[node_id]
         expires = out.clock + self.horizon
+        opened, append = out.open, out.queue.append
         for key, (_, buckets) in candidates.items():
-            waiting = out.open.setdefault(key, [])
-            for bucket in buckets:
-                out.ids += 1
-                waiting.append((out.ids, bucket))
-                out.queue.append((expires, out.ids, key))
+            group = buckets.copy()
+            waiting = opened.get(key)
+            if waiting is None:
+                opened[key] = [group]
+            else:
+                waiting.append(group)
+            append((expires, key, group))
 
     # proposing -----------------------------------------------------------------------------
     def confidence(self, bucket: tuple) -> float:
@@ -302,29 +331,48 @@ class Prefetcher(OnlineModel):
         return (read + 0.5) / (seen + 5.0)  # a weak prior of 10%
 
     def _candidates(self, node_id: str, k: int, net=None, at: tuple | None = None
-                    ) -> dict[Any, tuple[Proposal, list[tuple]]]:
-        """Every proposal after the node's last read (or after ``at``, ``(hash, object,
+                    ) -> dict[Any, tuple[tuple, list[tuple]]]:
+        """Every proposal (``(hash, object, index)``) after the node's last read (or after ``at``, ``(hash, object,
         index)``), by key (its position when known, else its hash), with the buckets it falls
         in (unranked); ``net`` stands in for the step net."""
         last = at or self._last.get(node_id)
         if last is None:
             return {}
         block_hash, object_id, index = last
-        out: dict[Any, tuple[Proposal, list[tuple]]] = {}
+        out: dict[Any, tuple[tuple, list[tuple]]] = {}
         stream = None
         if object_id is not None and index is not None:
             stream = self._streams.get((node_id, object_id))
         if stream is not None:
-            run = min(stream.run, self.window)
+            hash_at, run, count = self._hash_at.get, min(stream.run, self.window), stream.count
             for j in range(1, k + 1):
-                self._add(out, object_id, index + j * stream.count, ("next", j, run), None)
-        if stream is not None and stream.steps:
-            # the most frequent step of the window; among ties, the most recent
-            step, support = max(Counter(reversed(stream.steps)).items(), key=_count)
-            agrees = stream.steps[-1] == step
-            for j in range(1, k + 1):
-                self._add(out, object_id, index + j * step,
-                          ("stride", j, support, agrees), None)
+                at = index + j * count
+                if at < 0:
+                    continue
+                key = (object_id, at)
+                entry = out.get(key)
+                if entry is None:
+                    out[key] = ((hash_at(key), object_id, at), [("next", j, run)])
+                else:
+                    entry[1].append(("next", j, run))
+            steps = stream.steps
+            if steps:
+                step = steps[-1]
+                support = steps.count(step)
+                if support * 2 <= len(steps):  # the most frequent; among ties, the most recent
+                    step, support = max(Counter(reversed(steps)).items(), key=_count)
+                agrees = steps[-1] == step
+                for j in range(1, k + 1):
+                    at = index + j * step
+                    if at < 0:
+                        continue
+                    key = (object_id, at)
+                    bucket = ("stride", j, support, agrees)
+                    entry = out.get(key)
+                    if entry is None:
+                        out[key] = ((hash_at(key), object_id, at), [bucket])
+                    else:
+                        entry[1].append(bucket)
         for nxt, bucket, (obj, idx) in self._successor_buckets(block_hash, k):
             self._add(out, obj, idx, bucket, nxt)
         net = net or self.net
@@ -353,7 +401,7 @@ class Prefetcher(OnlineModel):
             key = block_hash
         entry = out.get(key)
         if entry is None:
-            out[key] = (Proposal(block_hash, object_id, index, 0.0, bucket[0]), [bucket])
+            out[key] = ((block_hash, object_id, index), [bucket])
         else:  # named by two sources: scored in both buckets, ranked by the surer
             entry[1].append(bucket)
 
@@ -397,11 +445,10 @@ class Prefetcher(OnlineModel):
             self._remember(self._cached, node_id, candidates, self.max_nodes)
         floor = self.threshold(node_id, cache_blocks)
         ranked = []
-        for proposal, buckets in candidates.values():
+        for (block_hash, object_id, index), buckets in candidates.values():
             c, source = max((self.confidence(b), b[0]) for b in buckets)
             if c >= floor:  # named by the surest of the sources that name it
-                ranked.append(Proposal(proposal.block_hash, proposal.object_id,
-                                       proposal.chunk_index, c, source))
+                ranked.append(Proposal(block_hash, object_id, index, c, source))
         ranked.sort(key=lambda p: -p.confidence)
         return ranked[:k]
 
@@ -465,6 +512,7 @@ class Prefetcher(OnlineModel):
         state = super().__getstate__()
         state["_cached"] = OrderedDict()  # proposals are remade at the next read
         state["_net"] = None  # the batch model is loaded from the registry, not checkpointed
+        state["_pairs"] = {}  # rebuilt from the calibration as buckets are credited
         return state
 
     def __setstate__(self, state):
@@ -472,6 +520,7 @@ class Prefetcher(OnlineModel):
         state.setdefault("max_profiled_nodes", 1024)
         state.setdefault("score_every", 1)
         state.setdefault("_scored_share", 0x10000)
+        state["_pairs"] = {}
         super().__setstate__(state)
 
     def __len__(self) -> int:
