@@ -212,7 +212,7 @@ class Prefetcher(OnlineModel):
         if reuse is None:
             reuse = self._reuse[node_id] = ReuseProfile()
         reuse.observe(block_hash)
-        self.successors.observe(node_id, block_hash)
+        self.successors.observe(node_id, block_hash, k=0)
         if object_id is not None and chunk_index is not None:
             stream = self._bounded(self._streams, (node_id, object_id), self.max_streams)
             if stream is None:
@@ -386,10 +386,11 @@ class Prefetcher(OnlineModel):
         """``(successor, bucket, (object, index))`` for the ``k`` most counted successors of
         ``block_hash`` (position ``(None, None)`` when unknown)."""
         ranked, total = self.successors.ranked(block_hash, k)
-        for r, (nxt, count) in enumerate(ranked, 1):
-            bucket = ("successor", r, min(int(count / total * 10), 9),
-                      min(int(math.log2(total)), 6))
-            yield nxt, bucket, self._position.get(nxt, (None, None))
+        if not ranked:
+            return []
+        depth, position, nowhere = min(int(math.log2(total)), 6), self._position.get, (None, None)
+        return [(nxt, ("successor", r, min(int(count / total * 10), 9), depth),
+                 position(nxt, nowhere)) for r, (nxt, count) in enumerate(ranked, 1)]
 
     def _add(self, out, object_id, index, bucket, block_hash) -> None:
         if index is not None and index < 0:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from pakit_stream.base_model import ModelConfig, OnlineModel
@@ -37,7 +38,8 @@ class SuccessorTable(OnlineModel):
         """Count ``previous -> block`` for ``node_id``.
 
         Returns whether ``block`` was among the top-``k`` successors predicted before this access
-        (``None`` when there was no prediction): the prequential signal of the table's quality.
+        (``None`` when there was no prediction, or ``k`` is 0): the prequential signal of the
+        table's quality.
         """
         last = self._last
         prev = last.get(node_id)
@@ -47,7 +49,7 @@ class SuccessorTable(OnlineModel):
             last.popitem(last=False)
         if prev is None or prev == block:
             return None
-        succ = self._next.get(prev)
+        succ = self._next.get(prev) if k else None
         if not succ:
             hit = None
         elif k == 1:
@@ -81,7 +83,8 @@ class SuccessorTable(OnlineModel):
         succ = self._next.get(block)
         if not succ:
             return [], 0
-        return sorted(succ.items(), key=lambda kv: -kv[1])[:k], sum(succ.values())
+        # most counted first; equal counts in the order they were first seen (a stable sort)
+        return sorted(succ.items(), key=itemgetter(1), reverse=True)[:k], sum(succ.values())
 
     def successors(self, block: str, k: int = 5) -> list[str]:
         return [b for b, _ in self.ranked(block, k)[0]]
