@@ -109,8 +109,12 @@ def prefetch(n: int, rng: random.Random) -> dict[str, float]:
     propose = per_call_us(lambda node: learner.propose(node, 5), nodes * (n // 320))
     sampled = Prefetcher(score_every=4)  # PAKIT_STREAM_PREFETCH_SCORE_EVERY=4
     learn_sampled = per_call_us(lambda r: sampled.observe(*r), reads)
+    # what a read costs before any proposal is opened or scored (one read in 65,536 is)
+    bare = Prefetcher(score_every=0x10000)
+    learn_bare = per_call_us(lambda r: bare.observe(*r), reads)
     return {"prefetch_observe_us": learn, "prefetch_propose_5_us": propose,
-            "prefetch_observe_score_every_4_us": learn_sampled}
+            "prefetch_observe_score_every_4_us": learn_sampled,
+            "prefetch_observe_no_proposals_us": learn_bare}
 
 
 def gossip(n: int, rng: np.random.Generator) -> dict[str, float]:

@@ -3,9 +3,11 @@ tree against the same modules at an earlier commit, fed the same streams side by
 
     python benchmarks/same_decisions.py --rev 53fd258 --shared ../shared/data
 
-For each stream both learners learn every event, and after every event (or every few) both
-are asked the same questions; every answer must be equal (floats to 1e-9 relative), and so
-must the state a node can see (the prefetcher's calibration, the codec policy). A learner
+For each stream both learners learn every event and are asked the same questions: the
+codec chooser and the prefetcher after every event (every second or third on the longer
+streams), the gossip learner at four points of each stream. Every answer must be equal (floats
+to 1e-9 relative), and so must the state a node can see (the prefetcher's calibration, the
+codec policy). A learner
 pickled by the old code is also loaded into the new one midway. The prefetch streams are
 synthetic (many nodes, positions or none, tight bounds, a stand-in step net) and, with
 ``--shared``, the first reads of real block traces. Prints the questions asked per stream,
@@ -35,10 +37,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def old_module(rev: str, name: str, where: Path):
-    """``pakit_stream/learners/<name>.py`` as it was at ``rev``, imported as ``old_<name>``."""
+def old_module(rev: str, name: str, where: Path, uses: tuple[str, ...] = ()):
+    """``pakit_stream/learners/<name>.py`` as it was at ``rev``, imported as ``old_<name>``;
+    the learner modules it ``uses`` are those of ``rev`` too."""
     source = subprocess.run(["git", "show", f"{rev}:pakit_stream/learners/{name}.py"], cwd=ROOT,
                             check=True, capture_output=True, text=True).stdout
+    for used in uses:
+        old_module(rev, used, where)
+        source = source.replace(f"from pakit_stream.learners.{used} import",
+                                f"from old_{used} import")
     path = where / f"old_{name}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"old_{name}", path)
@@ -300,7 +307,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checked = {"codec": codec(old_module(args.rev, "codec", Path(tmp)), new_codec),
                    "gossip": gossip(old_module(args.rev, "network", Path(tmp)), network),
-                   "prefetch": prefetch(old_module(args.rev, "prefetch", Path(tmp)),
+                   "prefetch": prefetch(old_module(args.rev, "prefetch", Path(tmp),
+                                                   uses=("successors", "reuse")),
                                         new_prefetch, args.shared)}
     print(f"every answer the same ({time.time() - started:.0f} s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import pytest
 
 from pakit_stream import persist
 from pakit_stream.base_model import ModelConfig
-from pakit_stream.exceptions import ConfigError, ModelLoadError
+from pakit_stream.exceptions import ConfigError, ModelLoadError, UsageError
 from pakit_stream.learners import (DeduplicationOptimizer, NetworkOptimizer, PeerSelector,
                                    SuccessorTable)
 
@@ -452,6 +452,91 @@ def test_a_gossip_learner_from_before_support_was_counted_keeps_learning():
     old.__setstate__(state)
     old.learn_round(100, 50.0, 0.0, 6, 10, 1.0, 600)
     assert old.predict({"network_size": 100})["source"] == "learned"
+
+
+def test_gossip_models_pickled_by_river_load_as_the_same_posterior():
+    """Checkpoints from before the dense regressions hold River's own models, all rounds
+    learned and no queue: they load as the same posterior, and learn on from there."""
+    from river import linear_model
+
+    from pakit_stream.learners.network import _PAYLOAD_FEATURES, _SHORT_FEATURES
+
+    rng = random.Random(3)
+    opt = NetworkOptimizer(epsilon=0.0)
+    state = dict(opt.__dict__)
+    for models, names in (("_shortfall", _SHORT_FEATURES), ("_payload", _PAYLOAD_FEATURES)):
+        state[models] = {}
+        for mode in ("push", "push-pull"):
+            river = state[models][mode] = linear_model.BayesianLinearRegression(alpha=1.0, beta=4.0)
+            for _ in range(200):
+                x = {name: rng.uniform(-2, 2) for name in names}
+                river.learn_one(x, sum(x.values()) + rng.gauss(0, 0.1))
+    rivers = {k: copy.deepcopy(state[k]) for k in ("_shortfall", "_payload")}
+    del state["_queue"]
+    old = NetworkOptimizer.__new__(NetworkOptimizer)
+    old.__setstate__(state)
+    for key, names in (("_shortfall", _SHORT_FEATURES), ("_payload", _PAYLOAD_FEATURES)):
+        x = {name: rng.uniform(-2, 2) for name in names}
+        for mode in ("push", "push-pull"):
+            ours, river = getattr(old, key)[mode], rivers[key][mode]
+            assert ours.predict_one(x) == pytest.approx(river.predict_one(x), rel=1e-9)
+            assert ours.predict_one(x, with_dist=True).sigma == pytest.approx(
+                river.predict_one(x, with_dist=True).sigma, rel=1e-9)
+    old.learn_round(100, 50.0, 0.0, 6, 10, 1.0, 600)
+    old.learn_queued()
+    assert old._queue == {"push": [], "push-pull": []}
+
+
+def test_gossip_rounds_queued_when_pickled_are_learned_after_loading():
+    opt = NetworkOptimizer(epsilon=0.0)
+    _logged_rounds(opt, 300, sizes=(50, 200), losses=(0.0, 0.05))
+    assert 0 < sum(map(len, opt._queue.values())) < 256  # some rounds wait to be learned
+    again = copy.deepcopy(opt)
+    ask = {"network_size": 120, "avg_latency_ms": 50.0, "message_loss_rate": 0.02}
+    assert again.predict(ask) == opt.predict(ask)
+    assert again.expect(120, 50.0, 0.02, ("push", 6, 10, 0)) == opt.expect(
+        120, 50.0, 0.02, ("push", 6, 10, 0))
+
+
+def test_gossip_rounds_outside_the_contract_are_refused_and_learn_nothing():
+    opt = NetworkOptimizer(epsilon=0.0)
+    _logged_rounds(opt, 60, sizes=(100,), losses=(0.0,))
+    before = copy.deepcopy(opt)
+    for bad in ({"avg_latency_ms": float("nan")}, {"message_loss_rate": 1e200},
+                {"ttl": 10**9}, {"fanout": float("inf")}):
+        round_ = {"network_size": 100, "avg_latency_ms": 50.0, "message_loss_rate": 0.0,
+                  "fanout": 6, "ttl": 10, "coverage": 1.0, "messages_sent": 600, **bad}
+        with pytest.raises(UsageError, match="outside the contract"):
+            opt.learn_round(**round_)
+    assert opt.rounds == before.rounds and opt._queue == before._queue
+    ask = {"network_size": 100, "avg_latency_ms": 50.0, "message_loss_rate": 0.0}
+    assert opt.predict(ask) == before.predict(ask)
+
+
+def test_dense_regression_learns_rows_a_cholesky_cannot_factor():
+    """A feature at 1e7 in nearly collinear rows: the batch's joint covariance is not positive
+    definite in floating point, so its rows are learned one at a time instead."""
+    from pakit_stream.learners.network import DenseBayesianRegression
+
+    rng = np.random.default_rng(0)
+    model = DenseBayesianRegression(tuple("abcdef"), beta=4.0)
+    one_by_one = 0
+    learn_row = model._learn_row
+
+    def counted(x, y):
+        nonlocal one_by_one
+        one_by_one += 1
+        return learn_row(x, y)
+
+    model._learn_row = counted
+    for _ in range(20):
+        X = np.tile([2.3, 0.0, 0.05, -2.6, -2.6, 0.0], (64, 1))
+        X[:, 5] = 1e7 * (1 + 1e-9 * rng.standard_normal(64))
+        errors = model.learn_rows(X, X @ [0.1, 0, 0, 1, 0, 1e-3] + rng.normal(0, 0.1, 64))
+        assert np.isfinite(errors).all() and np.isfinite(model.weights).all()
+    assert one_by_one >= 64
+    with pytest.raises(UsageError):
+        model.learn_rows([[np.nan] * 6], [1.0])
 
 
 def test_gossip_learner_falls_back_until_it_has_seen_enough_rounds():

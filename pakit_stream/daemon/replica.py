@@ -203,6 +203,8 @@ class HintReplicas:
             async with self.daemon.pipeline.quiet():
                 if self._stopped:
                     return
+                # once here, rather than in every replica at its first gossip hint
+                self.daemon.pipeline.network.learn_queued()
                 held = time.perf_counter()
                 mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # none lands mid-fork
                 try:

@@ -221,8 +221,11 @@ class DenseBayesianRegression(base.Regressor):
 
     def learn_rows(self, X, y) -> np.ndarray:
         """Learn the rows of ``X`` (in order) with their targets ``y``, as ``learn_one`` on
-        each would; returns each row's target less its prediction just before it was learned."""
+        each would; returns each row's target less its prediction just before it was learned.
+        Rows or targets that are not finite are refused (:class:`UsageError`), learning none."""
         X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+        if not (np.isfinite(X).all() and np.isfinite(y).all()):
+            raise UsageError("a regression row or target that is not finite")
         errors = np.empty(len(y))
         for i in range(0, len(y), 64):
             xs, ys = X[i:i + 64], y[i:i + 64]
@@ -231,15 +234,28 @@ class DenseBayesianRegression(base.Regressor):
             joint = xs @ self._cov @ xs.T
             joint.flat[::len(ys) + 1] += 1.0 / self.beta
             chol, info = lapack.dpotrf(joint, lower=1, clean=0)
-            if info:
-                raise np.linalg.LinAlgError("rows with values that are not finite")
+            if info:  # not positive definite in floating point (huge, collinear rows)
+                errors[i:i + 64] = [self._learn_row(x, t) for x, t in zip(xs, ys)]
+                continue
             white, _ = lapack.dtrtrs(chol, ys - xs @ self._mean, lower=1)
             errors[i:i + 64] = white * chol.diagonal()
-            self._precision += self.beta * (xs.T @ xs)
-            self._eta += self.beta * (xs.T @ ys)
-            self._cov = np.linalg.inv(self._precision)
-            self._mean = self._cov @ self._eta
+            self._add(xs, ys)
         return errors
+
+    def _learn_row(self, x: np.ndarray, y: float) -> float:
+        error = y - float(self._mean @ x)
+        self._add(x[None], np.array([y]))
+        return error
+
+    def _add(self, xs: np.ndarray, ys: np.ndarray) -> None:
+        self._precision += self.beta * (xs.T @ xs)
+        self._eta += self.beta * (xs.T @ ys)
+        self._cov = np.linalg.inv(self._precision)
+        self._mean = self._cov @ self._eta
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {"features": ("x", "y")}
 
     def predict_one(self, x, with_dist: bool = False):
         x, unknown = self._row(x)
@@ -347,8 +363,13 @@ class NetworkOptimizer(OnlineModel):
         n = max(int(network_size), 1)
         sent = min(messages_sent / n, MAX_PER_NODE)
         y = math.log10(max(1.0 - coverage, _FLOOR / n))
-        if not math.isfinite(y + sent + avg_latency_ms + message_loss_rate + fanout):
-            raise UsageError("a gossip round with a number that is not finite")
+        # the contract's bounds (docs/events.md), within which every feature is finite
+        if not (math.isfinite(y + sent + avg_latency_ms) and 0.0 <= message_loss_rate <= 1.0
+                and 0.0 <= fanout <= 1024 and 0 <= ttl <= 1024 and 0 <= pull_rounds <= 1024
+                and n <= 10_000_000 and avg_latency_ms >= 0.0):
+            raise UsageError("a gossip round outside the contract's bounds (a number that is "
+                             "not finite, a loss outside [0, 1], or a fanout, TTL or pull "
+                             "rounds outside [0, 1024])")
         queue = self._queue[mode]
         queue.append((n, avg_latency_ms, message_loss_rate, fanout, ttl,
                       pull_rounds if mode == "push-pull" else 0, y, sent))
@@ -362,11 +383,18 @@ class NetworkOptimizer(OnlineModel):
         control = min(control_messages / n, MAX_PER_NODE)
         return min(max(self.reward(coverage, sent * n, n, control * n), low), high)
 
+    def learn_queued(self) -> None:
+        """Teach the models every round queued (a hint would first; a forked replica that
+        answers hints then need not, each time)."""
+        for mode in _MODES:
+            self._learn_queued(mode)
+
     def _learn_queued(self, mode: str) -> None:
         """Teach ``mode``'s models the rounds queued since they last learned, all at once."""
         queue = self._queue[mode]
         if not queue:
             return
+        self._queue[mode] = []  # taken whole: a failure below cannot learn a round twice
         n, latency, loss, fanout, ttl, pull, y, sent = np.array(queue, dtype=float).T
         cols = _columns(n, latency, loss, fanout, pull,
                         *_mean_field_many(n, loss, fanout, ttl, pull))
@@ -377,7 +405,6 @@ class NetworkOptimizer(OnlineModel):
         residuals = errors[max(10 - seen, 0):]  # those of a model that has seen something
         if len(residuals):
             self._residual[mode].update_many(residuals)
-        queue.clear()
 
     @staticmethod
     def _cell(mode: str, n: int, loss: float) -> tuple[str, int, int]:
@@ -390,9 +417,10 @@ class NetworkOptimizer(OnlineModel):
         # checkpoints from before the queue: River's own Bayesian regressions, all learned
         state.setdefault("_queue", {m: [] for m in _MODES})
         for models, names in (("_shortfall", _SHORT_FEATURES), ("_payload", _PAYLOAD_FEATURES)):
-            state[models] = {m: DenseBayesianRegression.from_river(r, names) if
-                             isinstance(r, linear_model.BayesianLinearRegression) else r
-                             for m, r in state[models].items()}
+            if models in state:  # older versions kept a table of cells, and no models
+                state[models] = {m: DenseBayesianRegression.from_river(r, names) if
+                                 isinstance(r, linear_model.BayesianLinearRegression) else r
+                                 for m, r in state[models].items()}
         self.__dict__.update(state)
 
     def learn_record(self, record: Mapping[str, Any]) -> None:

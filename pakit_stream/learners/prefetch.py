@@ -332,9 +332,9 @@ class Prefetcher(OnlineModel):
 
     def _candidates(self, node_id: str, k: int, net=None, at: tuple | None = None
                     ) -> dict[Any, tuple[tuple, list[tuple]]]:
-        """Every proposal (``(hash, object, index)``) after the node's last read (or after ``at``, ``(hash, object,
-        index)``), by key (its position when known, else its hash), with the buckets it falls
-        in (unranked); ``net`` stands in for the step net."""
+        """Every proposal, ``(hash, object, index)``, after the node's last read (or after
+        ``at``, given the same way), by key (its position when known, else its hash), with the
+        buckets it falls in (unranked); ``net`` stands in for the step net."""
         last = at or self._last.get(node_id)
         if last is None:
             return {}
