@@ -264,6 +264,24 @@ def _learn(m, size, ratio, node="n1", probe=None, times=1):
                      "probe_ratio": ratio if probe is None else probe}, _costs(size, ratio))
 
 
+def test_a_codec_model_pickled_with_numpy_cells_loads_and_decides_as_it_did():
+    """``tests/data/codec_model_53fd258.pkl`` is a chooser pickled by the code of commit
+    53fd258 (numpy cells and running costs), with the choices and policy it gave then."""
+    import dataclasses
+    import pickle
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    model = pickle.loads((data / "codec_model_53fd258.pkl").read_bytes())
+    then = json.loads((data / "codec_model_53fd258.json").read_text())
+    for (size, node, probe), answer in zip(then["asks"], then["answers"]):
+        assert list(dataclasses.astuple(model.choose(size, node, probe))) == answer
+    assert json.loads(json.dumps(model.policy().as_dict())) == then["policy"]
+    model.learn_one({"block_size": 65536, "node_id": "n1", "probe_ratio": 0.3},
+                    {"zstd-9": (20000, 900.0), "lz4": (33000, 60.0), "none": (65536, 0.0)})
+    assert model.n_updates == 401
+
+
 def test_codec_choice_follows_price_and_size():
     cheap_cpu = CodecCostModel(cpu_bytes_per_us=1.0)
     dear_cpu = CodecCostModel(cpu_bytes_per_us=100.0)
