@@ -59,6 +59,7 @@ CODEC_MENU = ("none", "zstd-1", "zstd-3", "zstd-9", "lz4", "snappy", "brotli-4")
 EXPERTS = {"size": (), "recent": ("recent",), "probe": ("probe",),
            "recent+probe": ("recent", "probe")}
 _RATIO_STEP = 0.05  # width of a compressibility bucket (lz4 ratio)
+_EXPERT_AT = {name: i for i, name in enumerate(EXPERTS)}  # place in _rates' answer
 
 
 def heuristic_codec(block_size: int) -> str:
@@ -280,9 +281,10 @@ class CodecCostModel(OnlineModel):
         return mixed, _finite(mixed)
 
     def _rates(self, cells: list[_Cell | None], probe: bool = True) -> tuple:
-        """Every table expert's :meth:`_expert_rate` from a block's cells (as :meth:`_cells_of`
-        lists them), in the order of :data:`EXPERTS` (``probe``: whether the probe experts'
-        are wanted)."""
+        """Every table expert's cost estimates from a block's cells (as :meth:`_cells_of` lists
+        them), in the order of :data:`EXPERTS`, each cell shrunk once towards its parent:
+        everything → size → size × recent → size × recent × probe, and size → size × probe
+        (``probe``: whether the probe experts' are wanted)."""
         if self.cpu_bytes_per_us != self._priced_at:
             self._price()
         whole, of_size, of_recent, of_probe, of_both = cells
@@ -295,19 +297,10 @@ class CodecCostModel(OnlineModel):
 
     def _expert_rate(self, name: str, size: int, recent: float | None,
                      probe: float | None) -> tuple | None:
-        """A table expert's cost estimates, each cell shrunk once towards its parent:
-        everything → size → size × recent → size × recent × probe, and size → size × probe."""
-        if self.cpu_bytes_per_us != self._priced_at:
-            self._price()
-        whole, of_size, of_recent, of_probe, of_both = map(
-            self._cells.get, self._cells_of(size, recent, probe))
-        rate = self._shrink(of_size, None if whole is None else (whole.own, whole.clean))
-        feats = EXPERTS[name]
-        if "recent" in feats:
-            rate = self._shrink(of_recent, rate)
-        if "probe" in feats:
-            rate = self._shrink(of_both if "recent" in feats else of_probe, rate)
-        return rate
+        """One table expert's :meth:`_rates` for a block of this size, recent compressibility
+        and probe."""
+        cells = list(map(self._cells.get, self._cells_of(size, recent, probe)))
+        return self._rates(cells, "probe" in EXPERTS[name])[_EXPERT_AT[name]]
 
     @staticmethod
     def _cells_of(size: int, recent: float | None, probe: float | None) -> tuple:
