@@ -206,6 +206,41 @@ def test_a_sliced_envelope_learns_what_one_call_learns_and_lets_the_loop_run_bet
     assert sliced.prefetcher.propose("node-0") == whole.prefetcher.propose("node-0")
 
 
+def test_sliced_messages_take_turns_while_the_loop_runs_between_their_slices():
+    import asyncio
+
+    p = Pipeline(Settings.from_env({}, apply_slice_s=1e-6))
+    applied, turns = [], 0
+    real = p.apply
+
+    def apply(topic, events, first=0):
+        applied.append(topic)
+        return real(topic, events, first)
+    p.apply = apply
+
+    async def other_work():  # a hint or a timer
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def run():
+        task = asyncio.ensure_future(other_work())
+        await asyncio.sleep(0)
+        got = await asyncio.gather(
+            p.handle_sliced("pakit.access", 0, 0, ev.pack([ev.accessed(i) for i in range(60)])),
+            p.handle_sliced("pakit.peers", 0, 0, ev.pack([ev.peer_fetch(i) for i in range(60)])))
+        task.cancel()
+        return got
+
+    assert asyncio.run(run()) == [[], []]
+    # every slice of the first message before any of the second, not one of each in turn
+    assert applied == sorted(applied, key=["pakit.access", "pakit.peers"].index)
+    assert applied.count("pakit.access") > 10 and applied.count("pakit.peers") > 10
+    assert turns > 20  # yet the loop ran between slices
+    assert p.applied["pakit.access"] == p.applied["pakit.peers"] == 60
+
+
 def test_quiet_waits_for_messages_in_flight_and_holds_new_ones():
     import asyncio
 
