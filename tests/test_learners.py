@@ -466,10 +466,13 @@ def test_a_gossip_learner_from_before_support_was_counted_keeps_learning():
     _logged_rounds(opt, 200, sizes=(100,), losses=(0.0,))
     state = dict(opt.__dict__)
     del state["_support"], state["min_support"]  # as an older checkpoint pickled it
+    del state["_explorations"], state["_explored_at"]  # older still than kept explorations
     old = NetworkOptimizer.__new__(NetworkOptimizer)
     old.__setstate__(state)
     old.learn_round(100, 50.0, 0.0, 6, 10, 1.0, 600)
     assert old.predict({"network_size": 100})["source"] == "learned"
+    old.epsilon = 1.0
+    assert old.predict({"network_size": 100}, explore=True)["source"] == "explore"
 
 
 def test_gossip_models_pickled_by_river_load_as_the_same_posterior():
@@ -573,6 +576,30 @@ def test_exploration_rate_is_respected():
     sources = [opt.predict({"network_size": 100}, explore=True)["source"] for _ in range(400)]
     assert 0.4 < sources.count("explore") / 400 < 0.6
     assert {opt.predict({"network_size": 100})["source"] for _ in range(50)} == {"learned"}
+
+
+def test_exploring_answers_draw_from_settings_kept_until_the_models_move_on():
+    opt = NetworkOptimizer(epsilon=1.0, seed=3)
+    _logged_rounds(opt, 400, sizes=(100,), losses=(0.02,))
+    ask = {"network_size": 100, "avg_latency_ms": 50.0, "message_loss_rate": 0.02}
+    options = opt._exploring(100, 50.0, 0.02)
+    assert 1 < len(options) < len(opt.actions)
+    calls = 0
+    real = opt._exploring
+
+    def counted(*args):
+        nonlocal calls
+        calls += 1
+        return real(*args)
+    opt._exploring = counted
+    answers = [opt.predict(ask, explore=True) for _ in range(200)]
+    assert {a["source"] for a in answers} == {"explore"}
+    drawn = {(a["mode"], a["fanout"], a["ttl"], a["pull_rounds"]) for a in answers}
+    assert drawn <= set(options) and len(drawn) > 1
+    assert calls == 1  # scored once, not once per exploring answer
+    _logged_rounds(opt, 100, sizes=(100,), losses=(0.02,), seed=1)
+    opt.predict(ask, explore=True)
+    assert calls == 2  # the models moved on: scored again
 
 
 def test_guide_episodes_with_next_state():

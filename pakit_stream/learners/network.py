@@ -315,6 +315,9 @@ class NetworkOptimizer(OnlineModel):
         self._support: dict[tuple[str, int, int], int] = {}
         self._answers: dict[tuple, tuple[tuple, dict[str, float]]] = {}
         self._answered_at = 0
+        #: the settings an exploring answer draws from, kept as the answers are
+        self._explorations: dict[tuple, list[tuple]] = {}
+        self._explored_at = 0
         self._rng = random.Random(seed)
 
     # -- features ---------------------------------------------------------------------------
@@ -414,6 +417,8 @@ class NetworkOptimizer(OnlineModel):
         # checkpoints from before support was counted: count from now, ask for none
         state.setdefault("_support", {})
         state.setdefault("min_support", 0)
+        state.setdefault("_explorations", {})  # before exploring settings were kept
+        state.setdefault("_explored_at", 0)
         # checkpoints from before the queue: River's own Bayesian regressions, all learned
         state.setdefault("_queue", {m: [] for m in _MODES})
         for models, names in (("_shortfall", _SHORT_FEATURES), ("_payload", _PAYLOAD_FEATURES)):
@@ -510,7 +515,11 @@ class NetworkOptimizer(OnlineModel):
         return seen >= self.min_support
 
     def _explore(self, n: int, avg_latency_ms: float, loss: float) -> tuple:
-        """An exploring action: drawn among those the models expect to reach the coverage
+        """An exploring action, drawn from :meth:`_exploring`."""
+        return self._rng.choice(self._exploring(n, avg_latency_ms, loss))
+
+    def _exploring(self, n: int, avg_latency_ms: float, loss: float) -> list[tuple]:
+        """The actions exploring draws from: those the models expect to reach the coverage
         target here, or, where none is, to miss it by at most a factor of three more than the
         surest (exploring costs the node that acts on it: never a setting expected to do
         much worse). A mode not yet seen enough in networks like this one is judged by the
@@ -525,10 +534,10 @@ class NetworkOptimizer(OnlineModel):
                 log_short = np.log10(np.maximum(short, _FLOOR / n))
             scored += zip(log_short.tolist(), acts)
         if not scored:
-            return self._rng.choice(self.actions)
+            return list(self.actions)
         best = min(v for v, _ in scored)
         bar = goal if best <= goal else best + math.log10(3.0)
-        return self._rng.choice([a for v, a in scored if v <= bar])
+        return [a for v, a in scored if v <= bar]
 
     def _values(self, state: Hashable) -> dict[tuple[int, int], tuple[float, float]]:
         """``action -> (lower confidence bound, mean)`` in ``state``, or in its back-off."""
@@ -569,12 +578,19 @@ class NetworkOptimizer(OnlineModel):
         n = max(int(request.get("network_size") or 1), 1)
         latency = float(request.get("avg_latency_ms", 0.0))
         loss = float(request.get("message_loss_rate", 0.0))
+        # answers are kept per (size, latency, loss) until the models have moved on, and so
+        # are the settings an exploring answer draws from (scoring them takes about 1 ms)
+        key = (round(math.log2(n), 1), round(latency, -1), round(loss, 3))
         if explore and self._rng.random() < self.epsilon:
-            mode, fanout, ttl, pull = self._explore(n, latency, loss)
+            if self.n_updates - self._explored_at >= 100 or len(self._explorations) >= 4096:
+                self._explorations.clear()
+                self._explored_at = self.n_updates
+            options = self._explorations.get(key)
+            if options is None:
+                options = self._explorations[key] = self._exploring(n, latency, loss)
+            mode, fanout, ttl, pull = self._rng.choice(options)
             answer.update(mode=mode, fanout=fanout, ttl=ttl, pull_rounds=pull, source="explore")
             return answer
-        # answers are kept per (size, latency, loss) until the models have moved on
-        key = (round(math.log2(n), 1), round(latency, -1), round(loss, 3))
         if self.n_updates - self._answered_at >= 100:
             self._answers.clear()
             self._answered_at = self.n_updates
