@@ -134,8 +134,17 @@ def gossip(n: int, rng: np.random.Generator) -> dict[str, float]:
     for a in asks:  # every network asked about once: its answer is kept
         opt.predict(a)
     cached = per_call_us(opt.predict, asks)
+    # exploring answers (one in ten at the daemon's default epsilon): the settings they draw
+    # from are scored once per network, then kept as the answers are
+    opt.epsilon = 1.0
+    explore_fresh = per_call_us(lambda a: (opt._explorations.clear(),
+                                           opt.predict(a, explore=True)), asks)
+    for a in asks:  # every network explored once: the settings it draws from are kept
+        opt.predict(a, explore=True)
+    explore_kept = per_call_us(lambda a: opt.predict(a, explore=True), asks)
     return {"gossip_learn_round_us": learn, "gossip_hint_uncached_us": fresh,
-            "gossip_hint_cached_us": cached}
+            "gossip_hint_cached_us": cached, "gossip_explore_uncached_us": explore_fresh,
+            "gossip_explore_kept_us": explore_kept}
 
 
 def main() -> None:

@@ -262,7 +262,8 @@ class Pipeline:
 
         Messages take turns: one is applied whole, in its slices, before the next begins.
         Learners interleaved slice by slice evict each other's state from the CPU caches
-        (measured: 16% slower, 0.5 ms slices of five topics in turn against whole envelopes)."""
+        (``benchmarks/slices.py``: 0.5 ms slices of five messages in turn took 1.10–1.13× the
+        time of the same slices one message at a time)."""
         async with self._turn:
             return await self._handle_sliced(topic, partition, offset, value, learn, scope,
                                              count)
