@@ -466,7 +466,7 @@ def test_a_gossip_learner_from_before_support_was_counted_keeps_learning():
     _logged_rounds(opt, 200, sizes=(100,), losses=(0.0,))
     state = dict(opt.__dict__)
     del state["_support"], state["min_support"]  # as an older checkpoint pickled it
-    del state["_explorations"], state["_explored_at"]  # older still than kept explorations
+    del state["_explorations"]  # older still than kept explorations
     old = NetworkOptimizer.__new__(NetworkOptimizer)
     old.__setstate__(state)
     old.learn_round(100, 50.0, 0.0, 6, 10, 1.0, 600)

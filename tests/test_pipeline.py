@@ -167,6 +167,27 @@ def test_an_older_checkpoint_s_successor_table_joins_the_prefetcher():
     assert fresh.network.rounds["push"] == 3
 
 
+async def _counting_turns(work):
+    """Await ``work()`` beside a task that counts the loop's turns (where a hint or a timer
+    would run); returns ``(its result, turns)``."""
+    import asyncio
+
+    turns = 0
+
+    async def other_work():
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(other_work())
+    await asyncio.sleep(0)
+    try:
+        return await work(), turns
+    finally:
+        task.cancel()
+
+
 def test_a_sliced_envelope_learns_what_one_call_learns_and_lets_the_loop_run_between():
     import asyncio
 
@@ -184,22 +205,8 @@ def test_a_sliced_envelope_learns_what_one_call_learns_and_lets_the_loop_run_bet
         p.prefetcher.observe = observe
     expected = whole.handle("pakit.access", 0, 0, ev.pack(events))
     assert [(r.index, r.kind) for r in expected] == [(250, "invalid"), (123, "error")]
-    turns = 0
-
-    async def other_work():  # what a hint or a timer would do between two slices
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    async def run():
-        task = asyncio.ensure_future(other_work())
-        await asyncio.sleep(0)
-        got = await sliced.handle_sliced("pakit.access", 0, 0, ev.pack(events))
-        task.cancel()
-        return got
-
-    got = asyncio.run(run())
+    got, turns = asyncio.run(_counting_turns(
+        lambda: sliced.handle_sliced("pakit.access", 0, 0, ev.pack(events))))
     assert turns > 100  # a slice of about one event: the loop ran between slices
     assert [(r.index, r.kind) for r in got] == [(r.index, r.kind) for r in expected]
     assert sliced.offsets == whole.offsets and sliced.applied == whole.applied
@@ -210,7 +217,7 @@ def test_sliced_messages_take_turns_while_the_loop_runs_between_their_slices():
     import asyncio
 
     p = Pipeline(Settings.from_env({}, apply_slice_s=1e-6))
-    applied, turns = [], 0
+    applied = []
     real = p.apply
 
     def apply(topic, events, first=0):
@@ -218,22 +225,10 @@ def test_sliced_messages_take_turns_while_the_loop_runs_between_their_slices():
         return real(topic, events, first)
     p.apply = apply
 
-    async def other_work():  # a hint or a timer
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    async def run():
-        task = asyncio.ensure_future(other_work())
-        await asyncio.sleep(0)
-        got = await asyncio.gather(
-            p.handle_sliced("pakit.access", 0, 0, ev.pack([ev.accessed(i) for i in range(60)])),
-            p.handle_sliced("pakit.peers", 0, 0, ev.pack([ev.peer_fetch(i) for i in range(60)])))
-        task.cancel()
-        return got
-
-    assert asyncio.run(run()) == [[], []]
+    got, turns = asyncio.run(_counting_turns(lambda: asyncio.gather(
+        p.handle_sliced("pakit.access", 0, 0, ev.pack([ev.accessed(i) for i in range(60)])),
+        p.handle_sliced("pakit.peers", 0, 0, ev.pack([ev.peer_fetch(i) for i in range(60)])))))
+    assert got == [[], []]
     # every slice of the first message before any of the second, not one of each in turn
     assert applied == sorted(applied, key=["pakit.access", "pakit.peers"].index)
     assert applied.count("pakit.access") > 10 and applied.count("pakit.peers") > 10

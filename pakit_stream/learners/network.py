@@ -280,6 +280,16 @@ class DenseBayesianRegression(base.Regressor):
         return new
 
 
+def _kept(table: dict, key, compute):
+    """``table[key]``, computed and kept when missing (a table of 4,096 keys starts over)."""
+    value = table.get(key)
+    if value is None:
+        if len(table) >= 4096:
+            table.clear()
+        value = table[key] = compute()
+    return value
+
+
 class NetworkOptimizer(OnlineModel):
     default_name = "network_optimizer"
 
@@ -317,7 +327,6 @@ class NetworkOptimizer(OnlineModel):
         self._answered_at = 0
         #: the settings an exploring answer draws from, kept as the answers are
         self._explorations: dict[tuple, list[tuple]] = {}
-        self._explored_at = 0
         self._rng = random.Random(seed)
 
     # -- features ---------------------------------------------------------------------------
@@ -418,7 +427,6 @@ class NetworkOptimizer(OnlineModel):
         state.setdefault("_support", {})
         state.setdefault("min_support", 0)
         state.setdefault("_explorations", {})  # before exploring settings were kept
-        state.setdefault("_explored_at", 0)
         # checkpoints from before the queue: River's own Bayesian regressions, all learned
         state.setdefault("_queue", {m: [] for m in _MODES})
         for models, names in (("_shortfall", _SHORT_FEATURES), ("_payload", _PAYLOAD_FEATURES)):
@@ -581,24 +589,16 @@ class NetworkOptimizer(OnlineModel):
         # answers are kept per (size, latency, loss) until the models have moved on, and so
         # are the settings an exploring answer draws from (scoring them takes about 1 ms)
         key = (round(math.log2(n), 1), round(latency, -1), round(loss, 3))
+        if self.n_updates - self._answered_at >= 100:
+            self._answers.clear()
+            self._explorations.clear()
+            self._answered_at = self.n_updates
         if explore and self._rng.random() < self.epsilon:
-            if self.n_updates - self._explored_at >= 100 or len(self._explorations) >= 4096:
-                self._explorations.clear()
-                self._explored_at = self.n_updates
-            options = self._explorations.get(key)
-            if options is None:
-                options = self._explorations[key] = self._exploring(n, latency, loss)
+            options = _kept(self._explorations, key, lambda: self._exploring(n, latency, loss))
             mode, fanout, ttl, pull = self._rng.choice(options)
             answer.update(mode=mode, fanout=fanout, ttl=ttl, pull_rounds=pull, source="explore")
             return answer
-        if self.n_updates - self._answered_at >= 100:
-            self._answers.clear()
-            self._answered_at = self.n_updates
-        cached = self._answers.get(key)
-        if cached is None:
-            if len(self._answers) >= 4096:
-                self._answers.clear()
-            cached = self._answers[key] = self._choose(n, latency, loss)
+        cached = _kept(self._answers, key, lambda: self._choose(n, latency, loss))
         if cached is None:  # no mode was seen enough in networks like this one
             return answer
         (mode, fanout, ttl, pull), e = cached
