@@ -10,7 +10,8 @@ measured three ways:
   also **decode + learners** (``Pipeline.handle`` on the envelope bytes, no Kafka). The
   learners alone run again just before each pipeline run, and the pipeline's ratio to them is
   taken against that run: this machine's speed drifts too much between minutes for a ratio of
-  two runs far apart.
+  two runs far apart. **Decoding** alone is timed per topic too: the daemon's decoder against
+  the contract's strict types by themselves.
 * **faust no-op** — single-event messages through a Faust agent that does nothing.
 
 Prints the figures and their ratios and writes them to ``--out`` as JSON.
@@ -148,6 +149,30 @@ def bench_in_memory(msgs: list[tuple[str, bytes, int]]) -> dict:
             "learners_with_codec_model_serving_events_per_s": n / scored_s}
 
 
+def bench_decode(msgs: list[tuple[str, bytes, int]], repeats: int = 3) -> dict:
+    """µs per event of decoding each topic's envelopes: the decoder the daemon uses (its fast
+    path checks each string pattern once per envelope) against the contract's strict types
+    alone (msgspec checks each string's pattern by itself), alternating, best of ``repeats``."""
+    from pakit_stream.events.schema import TOPICS, Envelope, wire_type
+
+    out = {}
+    for topic in TOPICS:
+        values = [v for t, v, _ in msgs if t == topic]
+        n = sum(n for t, _, n in msgs if t == topic)
+        fast = Pipeline(Settings(), Metrics()).decoders[topic].decode
+        strict = msgspec.json.Decoder(Envelope[wire_type(TOPICS[topic])]).decode
+        best = {"fast": float("inf"), "strict": float("inf")}
+        for _ in range(repeats):
+            for name, decode in (("fast", fast), ("strict", strict)):
+                t0 = time.perf_counter()
+                for value in values:
+                    decode(value)
+                best[name] = min(best[name], (time.perf_counter() - t0) / n * 1e6)
+        out[topic] = {"fast_us_per_event": best["fast"], "strict_us_per_event": best["strict"],
+                      "strict_over_fast": best["strict"] / best["fast"]}
+    return out
+
+
 def _served_codec_model(trained_on: Pipeline):
     """A codec model trained on the run's own labelled window, as the daemon would serve it."""
     from pakit_stream.batch.compression import CompressionPredictor
@@ -236,6 +261,10 @@ def main() -> None:
     print(f"decode + learners (memory):  {memory['decode_and_learners_events_per_s']:>10,.0f} events/s")
     print(f"learners, codec model serving: "
           f"{memory['learners_with_codec_model_serving_events_per_s']:>8,.0f} events/s")
+    decode = bench_decode(msgs)
+    for topic, d in decode.items():
+        print(f"decode {topic:<19}  {d['fast_us_per_event']:>6.2f} µs/event; strict types "
+              f"alone {d['strict_us_per_event']:.2f} ({d['strict_over_fast']:.1f}x)")
     decoded, runs = decode_all(msgs), []
     for repeat in range(args.repeats):
         for loop in ("aio", "uvloop"):  # a fresh broker each, so all drain the same backlog
@@ -273,6 +302,7 @@ def main() -> None:
                                                  "python": platform.python_version(),
                                                  "platform": platform.platform()},
               "mix": MIX, "envelope_events": args.envelope, "in_memory": memory,
+              "decode": decode,
               "pipeline_by_loop": loops, "faust_noop": noop,
               "ratios": {"pipeline_over_learners_only": ratio,
                          "pipeline_over_learners_only_range": [min(ratios), max(ratios)],

@@ -18,3 +18,14 @@ def test_the_ingest_mix_is_learned_without_a_reject():
     for offset, (topic, value, _) in enumerate(msgs):
         assert pipeline.handle(topic, 0, offset, value) == []
     assert sum(pipeline.applied.values()) == 2000
+
+
+def test_every_envelope_of_the_ingest_mix_takes_the_decoders_fast_path():
+    """``benchmarks/ingest.py`` times the daemon's decoder against the strict types: on the
+    mix, the fast path must vouch for every envelope, or the figure times the strict path."""
+    from ingest import envelopes, make_events
+
+    decoders = Pipeline(Settings()).decoders
+    for topic, value, n in envelopes(make_events(2000), 500):
+        events = decoders[topic]._fast.decode(value)
+        assert events is not None and len(events) == n

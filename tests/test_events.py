@@ -2,9 +2,12 @@ import json
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pakit_stream.events import EventDecoder, TOPICS, block_minhash, estimated_jaccard
-from pakit_stream.events.schema import EVENT_TYPES, TOPIC_OF
+from pakit_stream.events.fastpath import FastDecoder
+from pakit_stream.events.schema import EVENT_TYPES, TOPIC_OF, Envelope, wire_type
 
 from . import events as ev
 
@@ -149,3 +152,92 @@ def test_the_json_schema_in_docs_is_the_one_the_structs_give():
         name = cls.__name__
         assert defs[name]["properties"]["event_type"]["enum"] == [tag]
         assert f"Envelope_{name}_" in defs
+
+
+# -- the envelope fast path: patterns checked once per envelope -------------------------------
+
+#: characters either side of every pattern's classes: hex, upper case, the identifier
+#: punctuation, and what no id may hold (space, newline, a slash, a non-ASCII letter)
+_EDGES = "0123456789abcdefABXYZ_-.:@ \n/é"
+
+
+def _strings_replaced(value, draw, chance):
+    """``value`` with some strings (and dict keys) replaced by drawn text."""
+    text = st.text(alphabet=_EDGES, max_size=70) | st.sampled_from(["", "a" * 64 + "\n", "x\ny"])
+    if isinstance(value, str):
+        return draw(text) if draw(st.floats(0, 1)) < chance else value
+    if isinstance(value, list):
+        return [_strings_replaced(v, draw, chance) for v in value]
+    if isinstance(value, dict):
+        return {(_strings_replaced(k, draw, chance) if k not in ("event_type",) else k):
+                _strings_replaced(v, draw, chance) for k, v in value.items()}
+    return value
+
+
+@st.composite
+def envelopes_with_odd_strings(draw):
+    topic = draw(st.sampled_from(sorted(BUILDERS)))
+    chance = draw(st.sampled_from([0.0, 0.02, 0.2]))
+    events = [_strings_replaced(BUILDERS[topic](draw(st.integers(0, 500))), draw, chance)
+              for _ in range(draw(st.integers(1, 8)))]
+    if draw(st.integers(0, 9)) == 0:  # a field the contract does not know
+        events[-1][draw(st.sampled_from(["content", "colour"]))] = "x"
+    return topic, json.dumps({"events": events}).encode()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(envelopes_with_odd_strings())
+def test_the_fast_path_accepts_exactly_what_the_contract_does(message):
+    """The fast path (patterns checked once per envelope) either returns the events the
+    contract's strict types decode, or declines; it never accepts an envelope they refuse."""
+    topic, value = message
+    strict = msgspec.json.Decoder(Envelope[wire_type(TOPICS[topic])])
+    fast = FastDecoder(TOPICS[topic]).decode(value)
+    try:
+        expected = strict.decode(value).events
+    except msgspec.ValidationError:
+        assert fast is None
+        return
+    assert fast is not None or "\n" in value.decode("unicode_escape")
+    if fast is not None:
+        assert msgspec.to_builtins(fast) == msgspec.to_builtins(expected)
+        assert [type(e).__mro__[1] for e in fast] == [type(e) for e in expected]
+
+
+def test_the_lenient_structs_keep_the_contracts_configuration():
+    """Unknown fields stay forbidden, events frozen and tagged: only the patterns go."""
+    from pakit_stream.events.fastpath import _Lenient
+    from pakit_stream.events.schema import CodecResult
+
+    for cls in [*TOPICS.values(), CodecResult]:
+        lenient = _Lenient().struct(cls)
+        config, kept = cls.__struct_config__, lenient.__struct_config__
+        assert issubclass(lenient, cls) and lenient.__struct_fields__ == cls.__struct_fields__
+        assert all(getattr(kept, k) == getattr(config, k) for k in (
+            "forbid_unknown_fields", "frozen", "tag", "tag_field", "omit_defaults"))
+
+
+@pytest.mark.parametrize("topic", sorted(TOPICS))
+def test_a_refused_string_gets_the_contracts_reason(topic):
+    """An envelope the fast path declines is judged by the strict types: the same reason,
+    for the same event, as without the fast path."""
+    events = [BUILDERS[topic](i) for i in range(4)]
+    events[2]["node_id"] = "node a"  # a space: no identifier pattern allows it
+    result = EventDecoder(topic).decode(ev.pack(events))
+    assert len(result.events) == 3
+    [r] = result.rejects
+    assert r.index == 2 and r.kind == "invalid" and "matching regex" in r.reason
+
+
+def test_a_pattern_the_fast_path_cannot_join_is_refused_when_it_is_built():
+    from typing import Annotated
+
+    from msgspec import Meta, Struct
+
+    from pakit_stream.exceptions import PakitStreamError
+
+    class Odd(Struct, tag="odd", tag_field="event_type"):
+        name: Annotated[str, Meta(pattern=r"^(ab|c)+$")]
+
+    with pytest.raises(PakitStreamError, match="cannot check"):
+        FastDecoder(Odd)

@@ -1,8 +1,10 @@
 """Bytes from Kafka → validated events, and a reason for everything refused.
 
 A message value is one event (a JSON object) or an envelope ``{"events": [...]}``. The fast path
-decodes a whole envelope in one msgspec call; only when that fails is the envelope re-read event
-by event, so that one bad event costs its own place in the dead-letter topic and nothing more.
+decodes a whole envelope in one msgspec call, its string patterns checked once for the whole
+envelope (:mod:`pakit_stream.events.fastpath`); an envelope it cannot vouch for is decoded again
+with the contract's strict types, and only when that fails is it re-read event by event, so that
+one bad event costs its own place in the dead-letter topic and nothing more.
 Every field of an event is bounded, so ``max_event_bytes`` can only catch padding; it is checked
 where events are judged one by one (single-event messages and the slow path).
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from pakit_stream.events.fastpath import FastDecoder
 from pakit_stream.events.schema import TOPICS, Envelope, Event, RawEnvelope, wire_type
 
 __all__ = ["EventDecoder", "Decoded", "Rejected", "classify_error", "CONTENT_FIELDS"]
@@ -94,6 +97,7 @@ class EventDecoder:
         self._envelope = msgspec.json.Decoder(Envelope[wire_type(self.event_type)])
         self._raw_envelope = msgspec.json.Decoder(RawEnvelope)
         self._one = msgspec.json.Decoder(wire_type(self.event_type))
+        self._fast = FastDecoder(self.event_type)
 
     def decode(self, value: bytes | None) -> Decoded:
         if not value:
@@ -101,7 +105,10 @@ class EventDecoder:
         if len(value) > self.max_message_bytes:
             reason = f"message of {len(value)} bytes exceeds the {self.max_message_bytes}-byte limit"
             return Decoded(rejects=[Rejected(value, reason, "invalid")])
-        try:
+        events = self._fast.decode(value)
+        if events is not None:
+            return Decoded(events=events)
+        try:  # not known valid: the strict types say why
             return Decoded(events=self._envelope.decode(value).events)
         except msgspec.MsgspecError as exc:
             envelope_error = str(exc)
