@@ -182,7 +182,14 @@ def envelopes_with_odd_strings(draw):
               for _ in range(draw(st.integers(1, 8)))]
     if draw(st.integers(0, 9)) == 0:  # a field the contract does not know
         events[-1][draw(st.sampled_from(["content", "colour"]))] = "x"
-    return topic, json.dumps({"events": events}).encode()
+    raw = [json.dumps(e) for e in events]
+    doubled = draw(st.integers(0, 4)) == 0
+    if doubled:  # a key given twice: msgspec keeps the last value
+        i = draw(st.integers(0, len(raw) - 1))
+        key = draw(st.sampled_from(sorted(events[i])))
+        earlier = _strings_replaced(events[i][key], draw, 1.0)
+        raw[i] = "{" + json.dumps(key) + ": " + json.dumps(earlier) + ", " + raw[i][1:]
+    return topic, ('{"events": [' + ", ".join(raw) + "]}").encode(), doubled
 
 
 @settings(max_examples=1500, deadline=None)
@@ -190,7 +197,7 @@ def envelopes_with_odd_strings(draw):
 def test_the_fast_path_accepts_exactly_what_the_contract_does(message):
     """The fast path (patterns checked once per envelope) either returns the events the
     contract's strict types decode, or declines; it never accepts an envelope they refuse."""
-    topic, value = message
+    topic, value, doubled = message
     strict = msgspec.json.Decoder(Envelope[wire_type(TOPICS[topic])])
     fast = FastDecoder(TOPICS[topic]).decode(value)
     try:
@@ -198,10 +205,49 @@ def test_the_fast_path_accepts_exactly_what_the_contract_does(message):
     except msgspec.ValidationError:
         assert fast is None
         return
-    assert fast is not None or "\n" in value.decode("unicode_escape")
+    # declined only for a key given twice or an escape (json.dumps escapes newlines, non-ASCII)
+    assert fast is not None or doubled or b"\\" in value
     if fast is not None:
         assert msgspec.to_builtins(fast) == msgspec.to_builtins(expected)
         assert [type(e).__mro__[1] for e in fast] == [type(e) for e in expected]
+
+
+@pytest.mark.parametrize("twice", [
+    b'"block_hash": "' + b"Z" * 300 + b'", ',  # an earlier value the last one would hide
+    b'"node_id": "bad id!", ',
+    b'"node_id": "n1", ',  # the same value twice: strict accepts it, the fast path declines
+])
+def test_a_key_given_twice_is_judged_by_the_strict_types(twice):
+    """msgspec keeps the last of a repeated key; the strict types check every one, so the fast
+    path declines an envelope with more keys than its events hold."""
+    events = [ev.peer_fetch(i) for i in range(3)]
+    raw = b'{"events": [' + b", ".join(json.dumps(e).encode() for e in events) + b"]}"
+    doubled = raw.replace(b'{"event_type"', b"{" + twice + b'"event_type"', 1)
+    topic = "pakit.peers"
+    assert FastDecoder(TOPICS[topic]).decode(doubled) is None
+    strict = msgspec.json.Decoder(Envelope[wire_type(TOPICS[topic])])
+    result = EventDecoder(topic).decode(doubled)
+    try:
+        expected = strict.decode(doubled).events
+    except msgspec.ValidationError:
+        assert result.rejects and result.rejects[0].index == 0 and len(result.events) == 2
+    else:
+        assert msgspec.to_builtins(result.events) == msgspec.to_builtins(expected)
+    twice_envelope = b'{"events": [' + json.dumps(ev.peer_fetch(9)).encode() + b"], " + raw[1:]
+    assert FastDecoder(TOPICS[topic]).decode(twice_envelope) is None
+
+
+def test_escapes_and_keys_given_their_default_take_the_strict_path():
+    """A backslash could spell a key or a colon; a key given with its default value is not
+    counted. Both are declined by the fast path and accepted by the strict types."""
+    escaped = json.dumps(ev.gossip(1)).replace('"node-a"', '"node-\\u0061"')
+    assert "\\u0061" in escaped
+    for topic, event in (("pakit.access", json.dumps({**ev.accessed(1), "chunk_count": 1})),
+                         ("pakit.gossip", escaped)):
+        raw = b'{"events": [' + event.encode() + b"]}"
+        assert FastDecoder(TOPICS[topic]).decode(raw) is None
+        result = EventDecoder(topic).decode(raw)
+        assert result.rejects == [] and [e.node_id for e in result.events] == ["node-a"]
 
 
 def test_the_lenient_structs_keep_the_contracts_configuration():
