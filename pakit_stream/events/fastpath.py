@@ -81,10 +81,13 @@ def _joined_check(pattern: str) -> re.Pattern:
 
 class _Lenient:
     """Builds the lenient twin of a contract type, collecting each dropped pattern with the
-    steps that reach its strings from a list of events."""
+    steps that reach its strings from a list of events, and the steps that reach its structs
+    and dicts (whose keys the colon count needs)."""
 
     def __init__(self) -> None:
         self.checks: list[tuple[str, tuple[Step, ...]]] = []
+        self.structs: list[tuple[type, tuple[Step, ...]]] = []
+        self.dicts: list[tuple[Step, ...]] = []
 
     def type(self, tp: Any, steps: tuple[Step, ...], checked: bool = False) -> Any:
         origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -108,6 +111,7 @@ class _Lenient:
         if origin is list:
             return list[self.type(args[0], (*steps, ("items",)))]
         if origin is dict:
+            self.dicts.append(steps)
             return dict[self.type(args[0], (*steps, ("items",))),
                         self.type(args[1], (*steps, ("values",)))]
         if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
@@ -117,6 +121,7 @@ class _Lenient:
     def struct(self, cls: type, steps: tuple[Step, ...] = ()) -> type:
         if ":" in str(cls.__struct_config__.tag or ""):
             raise PakitStreamError(f"the envelope fast path cannot count the colons of {cls}'s tag")
+        self.structs.append((cls, steps))
         fields = []
         for f in msgspec.structs.fields(cls):
             lenient = self.type(f.type, (*steps, ("attr", f.name)))
@@ -135,7 +140,7 @@ class _Lenient:
 
 
 def _walk(steps: tuple[Step, ...]) -> Callable[[Iterable[Any]], Iterable[Any]]:
-    """The function from a list of events to the strings ``steps`` reach (``None`` dropped
+    """The function from a list of events to the values ``steps`` reach (``None`` dropped
     at every step: an optional field, list or dict may be absent)."""
     funcs = []
     for step in steps:
@@ -154,56 +159,26 @@ def _walk(steps: tuple[Step, ...]) -> Callable[[Iterable[Any]], Iterable[Any]]:
     return walk
 
 
-def _container(tp: Any) -> tuple[Any, bool]:
-    """``(what, many)``: the struct type or ``dict`` a field holds (``None`` for neither),
-    and whether it holds a list of them."""
-    while True:
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-        if origin is Annotated:
-            tp = args[0]
-        elif origin in (typing.Union, types.UnionType):
-            tp = next(a for a in args if a is not type(None))
-        elif origin is list:
-            inner, _ = _container(args[0])
-            return (inner, True) if isinstance(inner, type) and inner is not dict else (None, False)
-        elif origin is dict:
-            return dict, False
-        else:
-            return (tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None), False
-
-
 class _Keys:
     """How many keys decoded structs of one type held, at least: the tag's and each required
-    field's, each optional field's whose value is not its default, and those of the structs
-    and dicts they hold. A key present with its default value is not counted."""
+    field's, and each optional field's whose value is not its default (a key present with its
+    default value is not counted)."""
 
     def __init__(self, cls: type) -> None:
         self.fixed = 0 if cls.__struct_config__.tag is None else 1
         self.optional: list[tuple[Callable, Callable]] = []  # (get, differs from the default)
-        self.inner: list[tuple[Callable, _Keys | None, bool]] = []  # (get, keys or dict, many)
         for f in msgspec.structs.fields(cls):
-            get = operator.attrgetter(f.name)
             if f.required:
                 self.fixed += 1
-            else:
-                default = (f.default if f.default is not msgspec.NODEFAULT
-                           else f.default_factory())
-                differs = operator.is_not if default is None else operator.ne
-                self.optional.append((get, functools.partial(differs, default)))
-            what, many = _container(f.type)
-            if what is not None:
-                self.inner.append((get, None if what is dict else _Keys(what), many))
+                continue
+            default = f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
+            differs = operator.is_not if default is None else operator.ne
+            self.optional.append((operator.attrgetter(f.name), functools.partial(differs, default)))
 
     def count(self, structs: list) -> int:
         n = self.fixed * len(structs)
         for get, differs in self.optional:
             n += sum(map(differs, map(get, structs)))
-        for get, keys, many in self.inner:
-            held = list(filter(None, map(get, structs)))
-            if keys is None:
-                n += sum(map(len, held))
-            else:
-                n += keys.count(list(chain.from_iterable(held)) if many else held)
         return n
 
 
@@ -216,14 +191,16 @@ class FastDecoder:
         from pakit_stream.events.schema import Envelope, wire_type
 
         lenient = _Lenient()
-        families = [lenient.struct(t) for t in typing.get_args(wire_type(event_type))]
+        family, *refused = typing.get_args(wire_type(event_type))
+        # the other member of the union refuses every event: what it holds is never read
+        families = [lenient.struct(family), *(_Lenient().struct(t) for t in refused)]
         self._decoder = msgspec.json.Decoder(Envelope[functools.reduce(operator.or_, families)])
-        by_pattern: dict[str, dict[tuple[Step, ...], None]] = {}
-        for pattern, steps in lenient.checks:  # each path once (every family has a node id)
-            by_pattern.setdefault(pattern, {})[steps] = None
-        self._checks = [(_joined_check(p).fullmatch, [_walk(steps) for steps in paths])
-                        for p, paths in by_pattern.items()]
-        self._keys = _Keys(event_type)
+        by_pattern: dict[str, list[Callable]] = {}
+        for pattern, steps in lenient.checks:
+            by_pattern.setdefault(pattern, []).append(_walk(steps))
+        self._checks = [(_joined_check(p).fullmatch, walks) for p, walks in by_pattern.items()]
+        self._structs = [(_Keys(cls), _walk(steps)) for cls, steps in lenient.structs]
+        self._dicts = [_walk(steps) for steps in lenient.dicts]
 
     def decode(self, value: bytes) -> list | None:
         if b"\\" in value:
@@ -233,7 +210,11 @@ class FastDecoder:
         except msgspec.MsgspecError:
             return None
         try:
-            colons = 1 + self._keys.count(events)  # the envelope's key, then its events'
+            colons = 1  # the envelope's key, then those of its events, their structs and dicts
+            for keys, walk in self._structs:
+                colons += keys.count(list(walk(events)))
+            for walk in self._dicts:
+                colons += sum(map(len, walk(events)))
             for fullmatch, paths in self._checks:
                 strings: list[str] = []
                 for walk in paths:
